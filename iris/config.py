@@ -1,0 +1,208 @@
+"""Dataclass configs for every IRIS part, the named variants, and their JSON round trip.
+
+One `IrisConfig` describes a whole model folder (`config.json` beside the `*.safetensors` files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class VAEConfig:
+    """WaveletVAE: Haar DWT (2x) then one stride-2 stage per entry of `channels`."""
+
+    image_channels: int = 3
+    latent_channels: int = 16
+    channels: tuple[int, ...] = (64, 128, 256)
+    blocks_per_stage: int = 1
+    scale: float = 1.0  # latent = (mean - shift) * scale
+    shift: float = 0.0
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent cell along one side (2 for the DWT, 2 per stage)."""
+        return 2 * 2 ** len(self.channels)
+
+
+@dataclass
+class TextConfig:
+    """Text encoder: CLIP-L/14 through open_clip, or the small built-in encoder on its tokenizer."""
+
+    kind: str = "clip"  # "clip" | "tiny"
+    dim: int = 768  # width of the per-token states handed to the generator
+    max_length: int = 77
+    clip_model: str = "ViT-L-14"
+    clip_hub_id: str = "timm/vit_large_patch14_clip_224.openai"
+    # tiny encoder only
+    layers: int = 2
+    heads: int = 4
+    vocab: list[int] = field(default_factory=list)  # open_clip token ids kept, in order; empty = all
+
+
+@dataclass
+class GeneratorConfig:
+    """Prelude -> Core x r -> Coda velocity predictor over a latent grid."""
+
+    latent_channels: int = 16
+    patch_size: int = 1
+    dim: int = 384
+    heads: int = 6
+    core_layers: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 768
+    num_classes: int = 0  # >0 adds a class embedding (class-conditional stage)
+    # GRFM
+    afno_blocks: int = 8
+    softshrink: float = 0.01
+    fourier_impl: str = "auto"  # "fft" | "dft" | "auto" (dft on small grids)
+    recurrent_dim: int = 0  # 0 means = dim
+    rglru_c: float = 8.0
+    conv_width: int = 4
+    scan_chunk: int = 64
+    manhattan_exact_max_tokens: int = 1024
+    # Coda
+    window: int = 8
+    # recurrence
+    max_iterations: int = 64
+    state_init_std: float = 1.0
+    train_iterations: tuple[int, int] = (4, 12)  # inclusive range sampled per batch in training
+    backprop_iterations: int = 2  # truncated backprop through the last k iterations
+
+    @property
+    def recurrent_width(self) -> int:
+        return self.recurrent_dim or self.dim
+
+
+@dataclass
+class SamplerConfig:
+    """Defaults the pipeline uses when a call leaves them out."""
+
+    steps: int = 4
+    iterations: int = 8
+    guidance: float = 3.0
+    shift: float = 1.0  # timestep shift; >1 spends more steps at high noise
+    sampler: str = "euler"  # "euler" | "heun" | "consistency"
+
+
+@dataclass
+class IrisConfig:
+    """Everything needed to rebuild a model folder."""
+
+    name: str = "iris"
+    resolution: int = 256
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    distilled: bool = False
+    adapters: list[str] = field(default_factory=list)  # e.g. ["inpaint", "control_canny", "upscale"]
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IrisConfig:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> IrisConfig:
+        from .errors import ModelLoadError
+
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"cannot read model config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"model config {path} is not a JSON object")
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a (nested) dataclass from a dict, with clear errors for unknown or mistyped keys."""
+    from .errors import ModelLoadError
+
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{where}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ModelLoadError(f"{where}.{name}: expected a list")
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ModelLoadError(f"{where}.{name}: expected true/false")
+            kwargs[name] = value
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ModelLoadError(f"{where}.{name}: expected a number, got {value!r}")
+            kwargs[name] = type(default)(value) if isinstance(default, float) else value
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ModelLoadError(f"{where}.{name}: expected a string")
+            kwargs[name] = value
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _variant(name: str, resolution: int, dim: int, heads: int, vae: tuple[int, ...], **gen: Any) -> IrisConfig:
+    return IrisConfig(
+        name=f"iris-{name}",
+        resolution=resolution,
+        vae=VAEConfig(channels=vae),
+        text=TextConfig(),
+        generator=GeneratorConfig(dim=dim, heads=heads, **gen),
+    )
+
+
+def nano_config() -> IrisConfig:
+    """Demo-sized IRIS (a few M parameters, 128 px) with the small built-in text encoder."""
+    return IrisConfig(
+        name="iris-nano",
+        resolution=128,
+        vae=VAEConfig(channels=(32, 64, 128)),
+        text=TextConfig(kind="tiny", dim=256, max_length=32, layers=2, heads=4),
+        generator=GeneratorConfig(
+            dim=192, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)
+        ),
+        sampler=SamplerConfig(steps=4, iterations=8, guidance=3.0, shift=1.0),
+    )
+
+
+VARIANTS: dict[str, Any] = {
+    "nano": nano_config,
+    "tiny": lambda: _variant("tiny", 256, 320, 5, (64, 128, 256)),
+    "small": lambda: _variant("small", 256, 512, 8, (64, 128, 256)),
+    "base": lambda: _variant("base", 512, 896, 14, (96, 192, 384)),
+}
+
+
+def variant_config(name: str) -> IrisConfig:
+    """The config of a named variant: nano, tiny, small or base."""
+    from .errors import InvalidInputError
+
+    key = name.lower().removeprefix("iris-")
+    if key not in VARIANTS:
+        raise InvalidInputError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[key]()

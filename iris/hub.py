@@ -1,0 +1,138 @@
+"""Where models come from: the bundled demo folder, a local folder, or a Hugging Face hub id.
+
+Weights are safetensors only; pickle-based files (.bin, .pt, .ckpt, .pth) are refused, never opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import HubOfflineError, ModelLoadError
+
+DEMO_MODEL_NAME = "iris-nano-emoji"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def demo_model_path() -> Path:
+    """The bundled demo model folder (IRIS_DEMO_MODEL overrides it)."""
+    env = os.environ.get("IRIS_DEMO_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "assets" / "models" / DEMO_MODEL_NAME
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(path_or_id: str | os.PathLike | None) -> Path:
+    """A local folder holding config.json for a folder path, hub id or None (the bundled demo)."""
+    if path_or_id is None:
+        path = demo_model_path()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"the bundled demo model is missing at {path}; reinstall from a full checkout "
+                "or pass a model folder / hub id"
+            )
+        return path
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; a model is a folder with config.json and *.safetensors")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json; it is not an IRIS model folder")
+        return path
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return hub_snapshot(text)
+    raise ModelLoadError(f"no model folder at {text!r}, and it is not a hub id of the form owner/name")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """Download (or find in the hub cache) a model repo; clear errors when offline or not found."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as err:  # pragma: no cover - dependency of the package
+        raise ModelLoadError("huggingface_hub is not installed; pip install huggingface_hub") from err
+    try:
+        path = Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.md"],
+                              local_files_only=hub_offline())
+        )
+    except LocalEntryNotFoundError as err:
+        raise HubOfflineError(
+            f"model {repo_id!r} is not in the local hub cache and the hub cannot be reached "
+            "(offline or HF_HUB_OFFLINE=1); connect once to download it, or pass a local folder"
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise ModelLoadError(f"no model {repo_id!r} on the hub (or it is private)") from err
+    except Exception as err:  # network errors come in many types
+        raise HubOfflineError(f"could not download {repo_id!r} from the hub: {type(err).__name__}: {err}") from err
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"hub repo {repo_id!r} has no config.json; it is not an IRIS model")
+    return path
+
+
+def hub_file(repo_id: str, filename: str, what: str) -> Path:
+    """One file of a hub repo (cached); `what` names it in the error when offline."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=hub_offline()))
+    except LocalEntryNotFoundError as err:
+        raise HubOfflineError(
+            f"{what} weights ({repo_id}/{filename}) are not in the hub cache and the hub is offline; "
+            f"run once online (e.g. `huggingface-cli download {repo_id} {filename}`) or unset HF_HUB_OFFLINE"
+        ) from err
+    except Exception as err:
+        raise HubOfflineError(f"could not fetch {what} weights from {repo_id}: {type(err).__name__}: {err}") from err
+
+
+def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
+    """Load a safetensors file into `module`, checking names and shapes; refuses pickle files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelLoadError(f"refusing to load {path.name}: pickle-based weights can run code; use safetensors")
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{path.name} is not a valid safetensors file: {err}") from err
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelLoadError(f"{path.name} does not match the model config: {detail}")
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ModelLoadError(
+                f"{path.name}: tensor {key} has shape {tuple(value.shape)}, config expects {tuple(own[key].shape)}"
+            )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own}, strict=False)
+
+
+def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
+    """Write `module`'s state dict as safetensors (optionally cast floating tensors, e.g. to fp16)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for key, value in module.state_dict().items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value.contiguous()
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)

@@ -1,0 +1,190 @@
+"""Checking and converting what users hand the engine: settings, prompts, images and masks.
+
+Every check raises `InvalidInputError` with a one-line message naming the setting and its valid range.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidInputError
+
+MAX_PIXELS = 40_000_000  # decoded images above this are refused (decompression bombs)
+MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_PROMPT_CHARS = 10_000
+MAX_SEED = 2**63 - 1
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer in [lo, hi] (integral floats and numeric strings accepted)."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float):
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError
+            number = int(number)
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise InvalidInputError(f"{name} must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def check_float(name: str, value: Any, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi]."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise InvalidInputError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    return number
+
+
+def check_seed(value: Any) -> int:
+    """A seed in [0, 2^63 - 1]."""
+    return check_int("seed", value, 0, MAX_SEED)
+
+
+def check_prompt(value: Any, name: str = "prompt") -> str:
+    """A prompt string (None means empty). Over-long prompts are refused; the encoder truncates tokens."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidInputError(f"{name} is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return value.replace("\x00", " ")
+
+
+def round_size(name: str, value: Any, multiple: int, lo: int, hi: int) -> int:
+    """A pixel size in [lo, hi], rounded to the nearest multiple of `multiple` (a documented correction)."""
+    size = check_int(name, value, lo, hi)
+    return max(multiple, int(round(size / multiple)) * multiple)
+
+
+def open_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A PIL image from a PIL image, path, bytes or array, EXIF-rotated and converted to RGB.
+
+    Refuses corrupt, truncated, empty and over-large files with `InvalidInputError`. Alpha is composited
+    on white; 16-bit, CMYK, palette and greyscale images are converted.
+    """
+    if source is None:
+        raise InvalidInputError("no image given")
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    elif isinstance(source, (bytes, bytearray)):
+        image = _decode(io.BytesIO(source), "image data", max_pixels)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidInputError(f"image file not found: {path}")
+        size = path.stat().st_size
+        if size == 0:
+            raise InvalidInputError(f"image file {path.name} is empty")
+        if size > MAX_FILE_BYTES:
+            raise InvalidInputError(f"image file {path.name} is {size >> 20} MB; the limit is {MAX_FILE_BYTES >> 20} MB")
+        image = _decode(path, path.name, max_pixels)
+    else:
+        raise InvalidInputError(f"cannot read an image from {type(source).__name__}")
+    if image.width * image.height > max_pixels:
+        raise InvalidInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
+    if image.width < 1 or image.height < 1:
+        raise InvalidInputError("image is empty")
+    return to_rgb(image)
+
+
+def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
+    try:
+        with Image.open(fp) as probe:
+            if probe.width * probe.height > max_pixels:
+                raise InvalidInputError(
+                    f"{label} is {probe.width}x{probe.height}; the limit is {max_pixels:,} pixels"
+                )
+            probe.load()
+            image = ImageOps.exif_transpose(probe)
+            return image.copy() if image is probe else image
+    except InvalidInputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise InvalidInputError(f"{label} is not a readable image ({type(err).__name__}: {err})") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    a = np.asarray(array)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise InvalidInputError(f"image array must be HxW, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    return Image.fromarray(a)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of any PIL mode; transparency is composited over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if a.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
+    """A binary mask ("L", 0 or 255) of `size` (w, h); white = region to change.
+
+    Accepts any image mode; alpha-only masks use their alpha. A mask of another size is resized
+    (nearest) to the image's size — the documented correction.
+    """
+    if isinstance(source, Image.Image):
+        mask = source
+    elif isinstance(source, np.ndarray):
+        mask = _from_array(source.astype(np.uint8) * 255 if source.dtype == bool else source)
+    else:
+        mask = open_image(source) if source is not None else None
+        if mask is None:
+            raise InvalidInputError("no mask given")
+    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1] != (255, 255):
+        gray = mask.getchannel("A")
+    else:
+        gray = to_rgb(mask).convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.NEAREST)
+    return gray.point(lambda v: 255 if v >= 128 else 0)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL -> [1, 3, H, W] in [-1, 1]."""
+    a = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32).copy())
+    return (a.permute(2, 0, 1)[None] / 127.5) - 1.0
+
+
+def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [-1, 1] -> list of RGB PIL images."""
+    a = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(img) for img in a]

@@ -1,0 +1,266 @@
+"""The IRIS generator: Prelude -> Core x r (shared weights) -> Coda, predicting rectified-flow velocity.
+
+    z [B, C, h, w] --patch embed--> Prelude (2 conv blocks) --> e
+    s_0 ~ N(0, std^2) from a seeded generator
+    for i in 1..r:  s_i = RMSNorm(Core(W_u [s_{i-1}, e], c_i)),   c_i = c + emb(i)
+    v = Coda([s_r, e], c)                                          (long skip, 2 windowed attention blocks)
+
+`c = MLP(sinusoid(t)) + proj(pooled text)` drives adaLN everywhere; adaLN-single in the core shares one
+modulation projection per iteration across its layers, each layer adding its own offsets, and every
+residual branch is gated by an adaLN-Zero gate that starts at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GeneratorConfig
+from .grfm import GRFM
+from .layers import MLP, CrossAttention, RMSNorm, ScaleShiftTable, TimestepEmbedder, gated, modulate
+
+
+@dataclass
+class TextCondition:
+    """Text conditioning: per-token states [B, L, Dt] with their validity mask [B, L] (True = real token)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def pooled(self) -> torch.Tensor:
+        """Mean of the valid token states, [B, Dt]."""
+        if self.mask is None:
+            return self.tokens.mean(1)
+        m = self.mask.to(self.tokens.dtype)[..., None]
+        return (self.tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+# A hook called after each core iteration with (iteration index from 1, state [B, h, w, D]).
+IterationHook = Callable[[int, torch.Tensor], None]
+
+
+class PreludeBlock(nn.Module):
+    """ConvNeXt-style block on [B, h, w, D]: depthwise 7x7 conv, then an adaLN-modulated MLP."""
+
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = RMSNorm(dim, affine=False)
+        self.mlp = MLP(dim, mlp_ratio)
+        self.ada = nn.Linear(dim, 3 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(F.silu(c)).chunk(3, dim=-1)
+        h = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + gated(self.mlp(modulate(self.norm(h), shift, scale)), gate)
+
+
+class CoreLayer(nn.Module):
+    """GRFM -> cross-attention -> FFN on [B, h, w, D], each pre-normed, modulated and gated by c_i."""
+
+    def __init__(self, cfg: GeneratorConfig, column_major: bool):
+        super().__init__()
+        d = cfg.dim
+        self.norm1, self.norm2, self.norm3 = (RMSNorm(d, affine=False) for _ in range(3))
+        self.mixer = GRFM(cfg, column_major)
+        self.cross = CrossAttention(d, cfg.text_dim, cfg.heads)
+        self.ffn = MLP(d, cfg.mlp_ratio)
+        self.table = ScaleShiftTable(d, 9, gate_index=(2, 5, 8))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, text: TextCondition) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table(mod)
+        b, h, w, d = x.shape
+        x = x + gated(self.mixer(modulate(self.norm1(x), sh1, sc1)), g1)
+        y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask)
+        x = x + gated(y.view(b, h, w, d), g2)
+        return x + gated(self.ffn(modulate(self.norm3(x), sh3, sc3)), g3)
+
+
+def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[B, h, w, D] -> windows [B*nw, ws*ws, D], padding h and w up to multiples of ws."""
+    b, h, w, d = x.shape
+    ph, pw = (-h) % ws, (-w) % ws
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.view(b, hp // ws, ws, wp // ws, ws, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, d), (hp, wp)
+
+
+def window_merge(win: torch.Tensor, b: int, hw: tuple[int, int], padded: tuple[int, int], ws: int) -> torch.Tensor:
+    """Inverse of `window_partition`, cropping the padding: -> [B, h, w, D]."""
+    hp, wp = padded
+    d = win.shape[-1]
+    x = win.view(b, hp // ws, wp // ws, ws, ws, d).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, d)
+    return x[:, : hw[0], : hw[1]]
+
+
+class WindowAttention(nn.Module):
+    """Self-attention inside non-overlapping ws x ws windows of [B, h, w, D] (QK-normed)."""
+
+    def __init__(self, dim: int, heads: int, window: int, shift: bool):
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = RMSNorm(dim // heads), RMSNorm(dim // heads)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, d = x.shape
+        ws = min(self.window, max(h, w))
+        offset = ws // 2 if self.shift and max(h, w) > ws else 0
+        if offset:
+            x = torch.roll(x, (-offset, -offset), dims=(1, 2))
+        win, padded = window_partition(x, ws)
+        n, t, _ = win.shape
+        q, k, v = self.qkv(win).view(n, t, 3, self.heads, d // self.heads).unbind(2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        y = window_merge(self.out(y.transpose(1, 2).reshape(n, t, d)), b, (h, w), padded, ws)
+        if offset:
+            y = torch.roll(y, (offset, offset), dims=(1, 2))
+        return y
+
+
+class CodaBlock(nn.Module):
+    """Windowed attention + MLP on [B, h, w, D], adaLN-Zero modulated by c."""
+
+    def __init__(self, cfg: GeneratorConfig, shift: bool):
+        super().__init__()
+        d = cfg.dim
+        self.norm1, self.norm2 = RMSNorm(d, affine=False), RMSNorm(d, affine=False)
+        self.attn = WindowAttention(d, cfg.heads, cfg.window, shift)
+        self.mlp = MLP(d, cfg.mlp_ratio)
+        self.ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        x = x + gated(self.attn(modulate(self.norm1(x), sh1, sc1)), g1)
+        return x + gated(self.mlp(modulate(self.norm2(x), sh2, sc2)), g2)
+
+
+class IrisGenerator(nn.Module):
+    """Velocity predictor v(z_t, t, text) with a recurrent-depth core.
+
+    forward(z [B, C, h, w], t [B], text, iterations) -> v [B, C, h, w].
+    """
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.config = cfg
+        d, p, c = cfg.dim, cfg.patch_size, cfg.latent_channels
+        self.patch_embed = nn.Conv2d(c, d, p, stride=p)
+        self.t_embed = TimestepEmbedder(d)
+        self.text_proj = nn.Linear(cfg.text_dim, d)
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes else None
+        self.iter_embed = nn.Embedding(cfg.max_iterations, d)
+        nn.init.normal_(self.iter_embed.weight, std=0.02)
+        self.prelude = nn.ModuleList([PreludeBlock(d, cfg.mlp_ratio) for _ in range(2)])
+        self.inject = nn.Linear(2 * d, d)
+        self.core_mod = nn.Linear(d, 9 * d)  # adaLN-single: shared by all core layers
+        nn.init.zeros_(self.core_mod.weight)
+        nn.init.zeros_(self.core_mod.bias)
+        self.core = nn.ModuleList([CoreLayer(cfg, column_major=bool(i % 2)) for i in range(cfg.core_layers)])
+        self.state_norm = RMSNorm(d)
+        self.coda_in = nn.Linear(2 * d, d)
+        self.coda = nn.ModuleList([CodaBlock(cfg, shift=bool(i % 2)) for i in range(2)])
+        self.final_norm = RMSNorm(d, affine=False)
+        self.final_ada = nn.Linear(d, 2 * d)
+        self.final = nn.Linear(d, c * p * p)
+        for layer in (self.final_ada, self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # -- pieces, usable on their own by the pipeline (previews) and by adapters
+    def condition(self, t: torch.Tensor, text: TextCondition, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditioning vector c [B, D] from time [B], pooled text and optional class labels [B]."""
+        c = self.t_embed(t) + self.text_proj(text.pooled())
+        if self.class_embed is not None and labels is not None:
+            c = c + self.class_embed(labels)
+        return c
+
+    def embed(self, z: torch.Tensor, c: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Prelude: latent [B, C, h, w] -> e [B, h/p, w/p, D]; `residual` [B, D, h/p, w/p] (adapters) added."""
+        x = self.patch_embed(z)
+        if residual is not None:
+            x = x + residual
+        x = x.permute(0, 2, 3, 1)
+        for block in self.prelude:
+            x = block(x, c)
+        return x
+
+    def initial_state(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """s_0 [B, h, w, D]: Gaussian noise, drawn from `generator` on the CPU when one is given."""
+        if generator is None:
+            return torch.randn_like(e) * self.config.state_init_std
+        noise = torch.randn(e.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return noise.to(e) * self.config.state_init_std
+
+    def iterate(self, s: torch.Tensor, e: torch.Tensor, c: torch.Tensor, text: TextCondition, i: int) -> torch.Tensor:
+        """One core iteration (1-based index i): s_{i-1} -> s_i, all [B, h, w, D]."""
+        idx = torch.full((s.shape[0],), min(i - 1, self.config.max_iterations - 1), device=s.device)
+        mod = self.core_mod(F.silu(c + self.iter_embed(idx)))
+        x = self.inject(torch.cat([s, e], dim=-1))
+        for layer in self.core:
+            x = layer(x, mod, text)
+        return self.state_norm(x)
+
+    def decode(self, s: torch.Tensor, e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Coda: state and prelude output [B, h, w, D] -> velocity [B, C, h*p, w*p]."""
+        x = self.coda_in(torch.cat([s, e], dim=-1))
+        for block in self.coda:
+            x = block(x, c)
+        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
+        v = self.final(modulate(self.final_norm(x), shift, scale)).permute(0, 3, 1, 2)
+        p = self.config.patch_size
+        return F.pixel_shuffle(v, p) if p > 1 else v
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        text: TextCondition,
+        iterations: int,
+        *,
+        labels: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+        state_generator: torch.Generator | None = None,
+        backprop_iterations: int | None = None,
+        on_iteration: IterationHook | None = None,
+        exit_threshold: float | None = None,
+    ) -> torch.Tensor:
+        """Velocity [B, C, h, w] after `iterations` core iterations.
+
+        backprop_iterations: keep gradients only through the last k iterations (truncated backprop).
+        on_iteration(i, s_i): called after every iteration (previews, cancellation).
+        exit_threshold: stop early once ||s_i - s_{i-1}|| / ||s_i|| falls below it (adaptive exit).
+        """
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        c = self.condition(t, text, labels)
+        e = self.embed(z, c, residual)
+        s = self.initial_state(e, state_generator)
+        k = iterations if backprop_iterations is None else backprop_iterations
+        for i in range(1, iterations + 1):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i > iterations - k):
+                s_next = self.iterate(s, e, c, text, i)
+            if exit_threshold is not None:
+                change = (s_next - s).flatten(1).norm(dim=1) / s_next.flatten(1).norm(dim=1).clamp_min(1e-8)
+                s = s_next
+                if on_iteration is not None:
+                    on_iteration(i, s)
+                if bool((change < exit_threshold).all()):
+                    break
+                continue
+            s = s_next
+            if on_iteration is not None:
+                on_iteration(i, s)
+        return self.decode(s, e, c)

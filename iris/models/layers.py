@@ -1,0 +1,106 @@
+"""Small building blocks shared by the generator: norms, modulation, embeddings, attention, MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dimension, with an optional learned gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y * self.weight if self.weight is not None else y
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, ..., D] * (1 + scale) + shift, with shift/scale [B, D] broadcast over the middle axes."""
+    view = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return x * (1 + scale.view(view)) + shift.view(view)
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero gate: x [B, ..., D] * gate [B, D]."""
+    return x * gate.view((x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],))
+
+
+def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t [B] (t in [0, 1] is scaled by 1000) -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """t [B] -> [B, D] through a sinusoid and a two-layer MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoid(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class MLP(nn.Module):
+    """Position-wise GELU MLP, [..., D] -> [..., D]."""
+
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class CrossAttention(nn.Module):
+    """Queries from image tokens [B, N, D], keys/values from text [B, L, Dt], QK-normed per head."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(text_dim, 2 * dim)
+        self.q_norm, self.k_norm = RMSNorm(dim // heads), RMSNorm(dim // heads)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+        hd = d // self.heads
+        q = self.q_norm(self.q(x).view(b, n, self.heads, hd)).transpose(1, 2)
+        k, v = self.kv(text).view(b, text.shape[1], 2, self.heads, hd).unbind(2)
+        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        mask = None if text_mask is None else text_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+class ScaleShiftTable(nn.Module):
+    """adaLN-single (PixArt): per-layer learned offsets added to a shared modulation vector.
+
+    `forward(shared [B, n*D])` -> n tensors [B, D]. Gate entries start at zero (adaLN-Zero).
+    """
+
+    def __init__(self, dim: int, n: int, gate_index: tuple[int, ...]):
+        super().__init__()
+        self.n = n
+        table = torch.randn(n, dim) / math.sqrt(dim)
+        for i in gate_index:
+            table[i] = 0.0
+        self.table = nn.Parameter(table)
+
+    def forward(self, shared: torch.Tensor) -> list[torch.Tensor]:
+        b = shared.shape[0]
+        return list((shared.view(b, self.n, -1) + self.table[None]).unbind(1))

@@ -1,0 +1,134 @@
+"""Text encoders: prompts -> per-token states [B, L, Dt] and a validity mask [B, L].
+
+- `ClipTextEncoder`: the text tower of CLIP-L/14 through open_clip ([B, 77, 768]); weights come from the
+  Hugging Face hub cache (safetensors only), or random for tests.
+- `TinyTextEncoder`: a small transformer over open_clip's tokenizer with a compact vocabulary, trained
+  together with the demo model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from ..config import TextConfig
+from .generator import TextCondition
+
+SOT, EOT = 49406, 49407
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer():
+    """open_clip's BPE tokenizer (its vocabulary ships inside the package; no download)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def tokenize(prompts: list[str], length: int) -> torch.Tensor:
+    """Prompts -> open_clip token ids [B, length] (start/end tokens added, truncated, zero padded)."""
+    return clip_tokenizer()(prompts, context_length=length)
+
+
+def padding_mask(ids: torch.Tensor) -> torch.Tensor:
+    """True up to and including the end token of each row: [B, L] bool."""
+    is_eot = ids == EOT
+    after = is_eot.int().cumsum(1) - is_eot.int()  # >0 strictly after the first end token
+    return (after == 0) & ((ids != 0) | is_eot)
+
+
+class TextEncoder(nn.Module):
+    """Interface: `encode(prompts)` -> TextCondition(tokens [B, L, dim], mask [B, L])."""
+
+    config: TextConfig
+
+    def encode(self, prompts: list[str]) -> TextCondition:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class TinyTextEncoder(TextEncoder):
+    """Small bidirectional transformer over a compact slice of open_clip's vocabulary."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        vocab = list(cfg.vocab) or list(range(49408))
+        # compact ids: 0 = pad, 1 = unknown, then the kept open_clip ids in order
+        lookup = torch.ones(49408, dtype=torch.long)
+        lookup[0] = 0
+        lookup[torch.tensor(vocab, dtype=torch.long)] = torch.arange(2, len(vocab) + 2)
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.token_embedding = nn.Embedding(len(vocab) + 2, cfg.dim)
+        self.position = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.01)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> TextCondition:
+        """open_clip ids [B, L] -> states [B, L, dim]."""
+        mask = padding_mask(ids)
+        x = self.token_embedding(self.lookup[ids]) + self.position[: ids.shape[1]]
+        x = self.transformer(x, src_key_padding_mask=~mask)
+        return TextCondition(self.norm(x), mask)
+
+    def encode(self, prompts: list[str]) -> TextCondition:
+        return self(tokenize(prompts, self.config.max_length).to(self.device))
+
+
+class ClipTextEncoder(TextEncoder):
+    """CLIP-L/14 text tower (open_clip) giving per-token states [B, 77, 768]."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        import open_clip
+        from open_clip.transformer import QuickGELU, TextTransformer
+
+        self.config = cfg
+        model_cfg = open_clip.get_model_config(cfg.clip_model)
+        if model_cfg is None:
+            raise ValueError(f"open_clip has no model named {cfg.clip_model!r}")
+        tc = model_cfg["text_cfg"]
+        self.model = TextTransformer(
+            context_length=tc["context_length"], vocab_size=tc["vocab_size"], width=tc["width"],
+            heads=tc["heads"], layers=tc["layers"], output_dim=model_cfg["embed_dim"],
+            act_layer=QuickGELU, output_tokens=True,
+        )
+
+    def load_hub_weights(self) -> None:
+        """Load the text tower from the hub cache (downloading when online). Safetensors only."""
+        from safetensors.torch import load_file
+
+        from ..hub import hub_file
+
+        path = hub_file(self.config.clip_hub_id, "open_clip_model.safetensors", what="CLIP-L/14 text encoder")
+        state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("visual.") and k != "logit_scale"}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing:
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(f"CLIP weights in {path} lack {len(missing)} tensors, e.g. {missing[0]}")
+
+    def forward(self, ids: torch.Tensor) -> TextCondition:
+        _, tokens = self.model(ids)
+        return TextCondition(tokens, padding_mask(ids))
+
+    def encode(self, prompts: list[str]) -> TextCondition:
+        return self(tokenize(prompts, self.config.max_length).to(self.device))
+
+
+def build_text_encoder(cfg: TextConfig) -> TextEncoder:
+    """The text encoder a config names (random weights)."""
+    if cfg.kind == "tiny":
+        return TinyTextEncoder(cfg)
+    if cfg.kind == "clip":
+        return ClipTextEncoder(cfg)
+    raise ValueError(f"unknown text encoder kind {cfg.kind!r} (expected 'clip' or 'tiny')")

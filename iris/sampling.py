@@ -1,0 +1,68 @@
+"""Samplers over the rectified-flow ODE dz/dt = v(z, t), integrated from t = 1 (noise) to t = 0.
+
+Small pure functions over tensors; the pipeline supplies `velocity(z, t, step) -> v`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Velocity = Callable[[torch.Tensor, float, int], torch.Tensor]
+SAMPLERS = ("euler", "heun", "consistency")
+
+
+def flow_timesteps(steps: int, shift: float = 1.0, start: float = 1.0) -> list[float]:
+    """steps+1 times from `start` down to 0, warped by t' = shift t / (1 + (shift - 1) t)."""
+    ts = torch.linspace(start, 0.0, steps + 1, dtype=torch.float64)
+    ts = shift * ts / (1 + (shift - 1) * ts)
+    return [float(t) for t in ts]
+
+
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: v_u + g (v_c - v_u)."""
+    return v_uncond + guidance * (v_cond - v_uncond)
+
+
+def predicted_x0(z: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+    """Clean sample implied by velocity v at time t: z - t v."""
+    return z - t * v
+
+
+def euler_step(z: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    return z + (t_next - t) * v
+
+
+def sample(
+    velocity: Velocity,
+    z: torch.Tensor,
+    timesteps: list[float],
+    sampler: str = "euler",
+    noise_fn: Callable[[int], torch.Tensor] | None = None,
+    on_step: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Integrate z [B, C, h, w] along `timesteps` (decreasing, ending at 0).
+
+    euler: first order. heun: second order (one extra velocity per step, except the last).
+    consistency: predict x0, then re-noise to the next time with fresh noise from noise_fn(step).
+    on_step(i, z) after each step may return a replacement z (inpainting's known-region reset).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        v = velocity(z, t, i)
+        if sampler == "consistency":
+            x0 = predicted_x0(z, v, t)
+            z = x0 if t_next <= 0 or noise_fn is None else (1 - t_next) * x0 + t_next * noise_fn(i)
+        elif sampler == "heun" and t_next > 0:
+            z_pred = euler_step(z, v, t, t_next)
+            v_next = velocity(z_pred, t_next, i)
+            z = z + (t_next - t) * 0.5 * (v + v_next)
+        else:
+            z = euler_step(z, v, t, t_next)
+        if on_step is not None:
+            replaced = on_step(i, z)
+            if replaced is not None:
+                z = replaced
+    return z
