@@ -63,7 +63,7 @@ class GeneratorConfig:
     recurrent_dim: int = 0  # 0 means = dim
     rglru_c: float = 8.0
     conv_width: int = 4
-    scan_chunk: int = 64
+    scan_chunk: int = 16
     manhattan_exact_max_tokens: int = 1024
     # Coda
     window: int = 8
