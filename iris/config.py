@@ -181,7 +181,7 @@ def nano_config() -> IrisConfig:
     return IrisConfig(
         name="iris-nano",
         resolution=128,
-        vae=VAEConfig(channels=(32, 64, 128)),
+        vae=VAEConfig(channels=(48, 96, 192)),
         text=TextConfig(kind="tiny", dim=256, max_length=32, layers=2, heads=4),
         generator=GeneratorConfig(
             dim=192, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)

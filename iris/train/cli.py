@@ -1,0 +1,64 @@
+"""`iris-train STAGE --config FILE`: train one stage (or adapter), resume, export.
+
+    iris-train vae  --config configs/demo/vae.toml
+    iris-train text --config configs/demo/text.toml --set steps=20000 --set batch_size=32
+    torchrun --nproc_per_node 8 -m iris.train.cli text --config configs/small/text.toml   # many GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import STAGES, TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iris-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES, help="which stage or adapter to train")
+    parser.add_argument("--config", default="", help="TOML file with the run's settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--model", help="start model: variant name or model folder")
+    parser.add_argument("--out", help="output folder (checkpoints, logs, samples, export)")
+    parser.add_argument("--steps", type=int, help="total steps")
+    parser.add_argument("--export", metavar="FOLDER", help="where to write the trained model (default OUT/export)")
+    args = parser.parse_args(argv)
+    overrides = [f"stage={args.stage!r}".replace("'", '"')] + args.set
+    if args.model:
+        overrides.append(f'model="{args.model}"')
+    if args.out:
+        overrides.append(f'out_dir="{args.out}"')
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    try:
+        cfg = TrainConfig.from_toml(args.config, overrides)
+    except (OSError, ValueError) as err:
+        print(f"iris-train: {err}", file=sys.stderr)
+        return 2
+    from ..errors import IrisError
+    from .trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except (IrisError, OSError, ValueError) as err:
+        print(f"iris-train: {err}", file=sys.stderr)
+        return 2
+    try:
+        trainer.train()
+        trainer.barrier()
+        path = trainer.export(args.export)
+        if trainer.rank == 0:
+            print(f"exported {cfg.stage} model to {path}")
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        print("\ninterrupted: checkpoint saved; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

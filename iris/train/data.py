@@ -1,0 +1,243 @@
+"""Training data sources, each yielding samples {"image": [3, H, W] in [-1, 1], "caption", "label", "score"}.
+
+- `ImageFolder`: images with caption sidecars (`cat.png` + `cat.txt`), searched recursively
+- `ClassFolders`: one subfolder per class (class-conditional stage); captions are the class names
+- `JsonlManifest`: lines {"path", "caption", "class"?, "score"?}, paths relative to the manifest
+- `TarShards`: WebDataset-style .tar shards (`key.png`/`key.jpg` + `key.txt`/`key.json` per sample)
+- `EmojiData`: the procedural emoji-scene generator (infinite, seeded)
+
+Batches are drawn by `BatchStream`, a deterministic function of (seed, rank, step): resuming at step
+n draws exactly the batches an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..inputs import open_image
+from .config import DataConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BUCKETS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16))  # aspect ratios (w, h)
+
+
+@dataclass
+class Record:
+    """An image on disk (or in a shard) with its annotations."""
+
+    source: str | bytes
+    caption: str = ""
+    label: int = -1
+    score: float = 0.0
+
+
+def bucket_size(size: int, width: int, height: int, multiple: int = 16) -> tuple[int, int]:
+    """The (w, h) bucket of about size*size pixels whose aspect ratio is closest to the image's."""
+    aspect = width / max(height, 1)
+    bw, bh = min(BUCKETS, key=lambda r: abs(np.log(r[0] / r[1]) - np.log(aspect)))
+    scale = (size * size / (bw * bh)) ** 0.5
+    return (max(multiple, round(bw * scale / multiple) * multiple), max(multiple, round(bh * scale / multiple) * multiple))
+
+
+def prepare_image(image: Image.Image, out_w: int, out_h: int, rng: random.Random, crop: bool, flip: bool) -> torch.Tensor:
+    """Resize to cover (out_w, out_h), crop (random or centre), maybe flip -> [3, out_h, out_w] in [-1, 1]."""
+    scale = max(out_w / image.width, out_h / image.height)
+    w, h = max(out_w, round(image.width * scale)), max(out_h, round(image.height * scale))
+    if (w, h) != image.size:
+        image = image.resize((w, h), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    x0 = rng.randint(0, w - out_w) if crop else (w - out_w) // 2
+    y0 = rng.randint(0, h - out_h) if crop else (h - out_h) // 2
+    image = image.crop((x0, y0, x0 + out_w, y0 + out_h))
+    if flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    a = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+    return a / 127.5 - 1.0
+
+
+class RecordDataset:
+    """Base for on-disk sources: a list of Records, loaded and augmented per sample."""
+
+    def __init__(self, records: Sequence[Record], cfg: DataConfig, classes: Sequence[str] = ()):
+        if not records:
+            raise ValueError(f"no training images found for source {cfg.source!r} at {cfg.path!r}")
+        self.records, self.cfg, self.classes = list(records), cfg, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        """Output (w, h) for a record: square, or its aspect bucket."""
+        if not self.cfg.buckets:
+            return self.cfg.size, self.cfg.size
+        rec = self.records[index]
+        with Image.open(io.BytesIO(rec.source) if isinstance(rec.source, bytes) else rec.source) as im:
+            return bucket_size(self.cfg.size, *im.size)
+
+    def load(self, index: int, rng: random.Random, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        rec = self.records[index]
+        image = open_image(rec.source)
+        w, h = size or self.size_of(index)
+        return {
+            "image": prepare_image(image, w, h, rng, self.cfg.random_crop, self.cfg.random_flip),
+            "caption": rec.caption, "label": rec.label, "score": rec.score,
+        }
+
+
+def _images_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class ImageFolder(RecordDataset):
+    """Images under a folder; `name.txt` beside `name.png` holds its caption (empty if absent)."""
+
+    def __init__(self, cfg: DataConfig):
+        root = Path(cfg.path)
+        records = []
+        for p in _images_under(root):
+            side = p.with_suffix(".txt")
+            records.append(Record(str(p), side.read_text().strip() if side.is_file() else ""))
+        super().__init__(records, cfg)
+
+
+class ClassFolders(RecordDataset):
+    """root/<class name>/*.png; label = index of the sorted class name; caption = the class name."""
+
+    def __init__(self, cfg: DataConfig):
+        root = Path(cfg.path)
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        records = [
+            Record(str(p), c.replace("_", " "), i) for i, c in enumerate(classes) for p in _images_under(root / c)
+        ]
+        super().__init__(records, cfg, classes)
+
+
+class JsonlManifest(RecordDataset):
+    """One JSON object per line: {"path", "caption", "class"?, "score"?}; paths relative to the manifest."""
+
+    def __init__(self, cfg: DataConfig):
+        manifest = Path(cfg.path)
+        records = []
+        for n, line in enumerate(manifest.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                path = Path(row["path"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{manifest}:{n}: expected an object with a 'path' ({err})") from err
+            rec = Record(str(path if path.is_absolute() else manifest.parent / path), str(row.get("caption", "")),
+                         int(row.get("class", -1)), float(row.get("score", 0.0)))
+            if cfg.min_score is None or rec.score >= cfg.min_score:
+                records.append(rec)
+        super().__init__(records, cfg)
+
+
+class TarShards(RecordDataset):
+    """WebDataset-style shards: files grouped by key (`0001.png`, `0001.txt` or `0001.json`) in .tar files."""
+
+    def __init__(self, cfg: DataConfig):
+        root = Path(cfg.path)
+        shards = sorted(root.glob("*.tar")) if root.is_dir() else sorted(root.parent.glob(root.name))
+        records = []
+        for shard in shards:
+            groups: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(shard) as tar:
+                for member in tar.getmembers():
+                    if not member.isfile():
+                        continue
+                    key, _, ext = member.name.rpartition(".")
+                    data = tar.extractfile(member)
+                    if data is not None:
+                        groups.setdefault(key, {})[ext.lower()] = data.read()
+            for key in sorted(groups):
+                g = groups[key]
+                img = next((g[e] for e in ("png", "jpg", "jpeg", "webp") if e in g), None)
+                if img is None:
+                    continue
+                meta = json.loads(g["json"]) if "json" in g else {}
+                caption = g["txt"].decode("utf-8").strip() if "txt" in g else str(meta.get("caption", ""))
+                rec = Record(img, caption, int(meta.get("class", -1)), float(meta.get("score", 0.0)))
+                if cfg.min_score is None or rec.score >= cfg.min_score:
+                    records.append(rec)
+        super().__init__(records, cfg)
+
+
+class EmojiData:
+    """The procedural emoji-scene source (train split), with sprite masks for the inpaint adapter."""
+
+    def __init__(self, cfg: DataConfig):
+        from .emoji import EmojiScenes, SceneConfig
+
+        self.cfg = cfg
+        self.scenes = EmojiScenes(SceneConfig(size=cfg.size, seed=cfg.emoji_seed), split="train")
+        self.classes: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        return self.cfg.size, self.cfg.size
+
+    def load(self, index: int, rng: random.Random, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        scene = self.scenes.sample(index)
+        image = torch.from_numpy(np.asarray(scene.image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+        alpha = torch.from_numpy(np.asarray(scene.alpha, dtype=np.float32).copy())[None] / 255.0
+        return {"image": image, "caption": scene.caption, "label": scene.emoji[0], "score": 0.0, "alpha": alpha}
+
+
+def build_dataset(cfg: DataConfig) -> RecordDataset | EmojiData:
+    sources = {"folder": ImageFolder, "classes": ClassFolders, "jsonl": JsonlManifest, "tar": TarShards,
+               "emoji": EmojiData}
+    if cfg.source not in sources:
+        raise ValueError(f"unknown data source {cfg.source!r}; expected one of {', '.join(sources)}")
+    return sources[cfg.source](cfg)
+
+
+class BatchStream:
+    """Deterministic batches: the batch of (rank, step) depends only on (seed, rank, world, step).
+
+    Finite datasets are walked epoch by epoch in a seeded permutation, sharded across ranks;
+    with buckets on, each batch takes the bucket of its first sample and resizes the rest to it.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
+        self.n = len(dataset)
+
+    def indices(self, step: int) -> list[int]:
+        start = (step * self.world + self.rank) * self.batch_size
+        positions = range(start, start + self.batch_size)
+        if self.n >= 10**6:  # procedural sources: a fresh index per sample, never repeating
+            return [p % self.n for p in positions]
+        out = []
+        for p in positions:
+            epoch, offset = divmod(p, self.n)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+            out.append(int(perm[offset]))
+        return out
+
+    def batch(self, step: int) -> dict[str, Any]:
+        idx = self.indices(step)
+        rng = random.Random(self.seed * 7_368_787 + step * 9973 + self.rank)
+        size = self.dataset.size_of(idx[0])
+        samples = [self.dataset.load(i, rng, size) for i in idx]
+        batch: dict[str, Any] = {
+            "image": torch.stack([s["image"] for s in samples]),
+            "caption": [s["caption"] for s in samples],
+            "label": torch.tensor([s["label"] for s in samples]),
+            "score": torch.tensor([s["score"] for s in samples], dtype=torch.float32),
+        }
+        if all("alpha" in s for s in samples):
+            batch["alpha"] = torch.stack([s["alpha"] for s in samples])
+        return batch

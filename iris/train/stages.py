@@ -1,0 +1,327 @@
+"""The training stages, each a module whose forward(batch, rng) returns (loss, logs).
+
+    vae        1  pixel L1 + per-subband wavelet L1 (high bands weighted up) + KL (+ patch discriminator)
+    class      2  class-conditional rectified flow
+    text       3  text-image rectified flow, captions dropped for classifier-free guidance
+    aesthetic  4  text-image fine-tune weighted by aesthetic score (or filtered by data.min_score)
+    distill    5  consistency distillation along the teacher's guided flow ODE -> 1-4 step sampler
+    inpaint / control / upscale   adapters trained with the base model frozen
+
+Randomness comes only from the `rng` generator the trainer derives from (seed, rank, step), so a
+resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..flow import interpolate, loss_weight, sample_t
+from ..models.adapters import build_adapter
+from ..models.generator import TextCondition
+from ..models.wavelet import dwt
+from ..pipeline import IrisPipeline
+from .config import TrainConfig
+
+
+def randn(shape: tuple[int, ...], rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(shape, generator=rng).to(like)
+
+
+def randint(lo: int, hi: int, rng: torch.Generator) -> int:
+    """Uniform integer in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=rng))
+
+
+class Stage(nn.Module):
+    """Holds the pipeline's modules; `trainable` lists the ones the optimiser updates."""
+
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        super().__init__()
+        self.pipe_ref = [pipe]  # plain list: keep the pipeline out of the module tree
+        self.cfg = cfg
+
+    @property
+    def pipe(self) -> IrisPipeline:
+        return self.pipe_ref[0]
+
+    def trainable(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def freeze_all_but_trainable(self) -> None:
+        for module in (self.pipe.generator, self.pipe.vae, self.pipe.text_encoder, self.pipe.adapters):
+            module.requires_grad_(False)
+        for module in self.trainable().values():
+            module.requires_grad_(True)
+            module.train()
+
+
+# ---------------------------------------------------------------------------------------------------- VAE
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: image [B, 3, H, W] -> real/fake logits [B, 1, H/8, W/8]."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 3
+        for w in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.GroupNorm(8, w), nn.LeakyReLU(0.2)]
+            c = w
+        layers.append(nn.Conv2d(c, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def wavelet_l1(recon: torch.Tensor, target: torch.Tensor, high_weight: float) -> torch.Tensor:
+    """Per-subband L1 between DWTs: LL weight 1, LH/HL/HH weight `high_weight`."""
+    diff = (dwt(recon) - dwt(target)).abs()  # [B, 4*3, h, w], per channel (LL, LH, HL, HH)
+    weights = torch.tensor([1.0, high_weight, high_weight, high_weight], device=diff.device).repeat(3)
+    return (diff.mean(dim=(0, 2, 3)) * weights).sum() / weights.sum()
+
+
+class VAEStage(Stage):
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        self.vae = pipe.vae
+        self.disc = PatchDiscriminator() if cfg.disc_weight > 0 else None
+        self.step = 0
+
+    def trainable(self) -> dict[str, nn.Module]:
+        parts: dict[str, nn.Module] = {"vae": self.vae}
+        if self.disc is not None:
+            parts["disc"] = self.disc
+        return parts
+
+    def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch["image"]
+        mean, logvar = self.vae.moments(x)
+        z = mean + randn(tuple(mean.shape), rng, mean) * (0.5 * logvar).exp()
+        from ..models.wavelet import idwt
+
+        recon = idwt(self.vae.decoder(z))
+        l1 = (recon - x).abs().mean()
+        wl = wavelet_l1(recon, x, self.cfg.high_band_weight)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = l1 + self.cfg.wavelet_weight * wl + self.cfg.kl_weight * kl
+        logs = {"l1": l1.item(), "wavelet": wl.item(), "kl": kl.item()}
+        if self.disc is not None and self.step >= self.cfg.disc_start:
+            frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+            g_loss = -functional_call(self.disc, frozen, (recon,)).mean()
+            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(recon.detach())).mean()
+            loss = loss + self.cfg.disc_weight * g_loss + d_loss
+            logs.update(g_adv=g_loss.item(), d_loss=d_loss.item())
+        self.step += 1
+        mse = F.mse_loss(recon.clamp(-1, 1), x)
+        logs["psnr"] = (10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))).item()
+        return loss, logs
+
+
+# --------------------------------------------------------------------------------------------------- Flow
+
+
+class FlowStage(Stage):
+    """Rectified flow on VAE latents: class, text and aesthetic stages (and the adapters build on it)."""
+
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        self.generator = pipe.generator
+        self.text_encoder = pipe.text_encoder
+        self.train_text = cfg.train_text_encoder and pipe.config.text.kind == "tiny" and cfg.stage == "text"
+        gcfg = pipe.config.generator
+        self.iter_range = tuple(cfg.iterations or gcfg.train_iterations)
+        self.backprop = cfg.backprop_iterations or gcfg.backprop_iterations
+
+    def trainable(self) -> dict[str, nn.Module]:
+        parts: dict[str, nn.Module] = {"generator": self.generator}
+        if self.train_text:
+            parts["text_encoder"] = self.text_encoder
+        return parts
+
+    @torch.no_grad()
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pipe.vae.encode(images)
+
+    def text(self, captions: list[str], rng: torch.Generator) -> TextCondition:
+        drop = torch.rand(len(captions), generator=rng) < self.cfg.text_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        if self.train_text:
+            return self.text_encoder.encode(captions)
+        with torch.no_grad():
+            return self.text_encoder.encode(captions)
+
+    def labels(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def residual(self, batch: dict[str, Any], z0: torch.Tensor, rng: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def sample_weights(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        return None
+
+    def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        z0 = self.latents(batch["image"])
+        b = z0.shape[0]
+        t = sample_t(b, self.cfg.t_mean, self.cfg.t_std, rng).to(z0.device)
+        noise = randn(tuple(z0.shape), rng, z0)
+        text = self.text(batch["caption"], rng)
+        r = randint(*self.iter_range, rng)
+        v = self.generator(
+            interpolate(z0, noise, t), t, text, r, labels=self.labels(batch, rng),
+            residual=self.residual(batch, z0, rng), state_generator=rng,
+            backprop_iterations=min(self.backprop, r),
+        )
+        err = (v.float() - (noise - z0).float()).pow(2).flatten(1).mean(1)
+        w = loss_weight(t, self.cfg.weighting).to(err)
+        extra = self.sample_weights(batch)
+        if extra is not None:
+            w = w * extra.to(err)
+        loss = (err * w).mean()
+        return loss, {"mse": err.mean().item(), "iterations": float(r)}
+
+
+class ClassStage(FlowStage):
+    """Class-conditional: labels in, null class for dropped samples, empty text."""
+
+    def text(self, captions: list[str], rng: torch.Generator) -> TextCondition:
+        with torch.no_grad():
+            return self.text_encoder.encode([""] * len(captions))
+
+    def labels(self, batch: dict[str, Any], rng: torch.Generator) -> torch.Tensor:
+        labels = batch["label"].clone().clamp_min(0)
+        drop = torch.rand(len(labels), generator=rng) < self.cfg.text_dropout
+        labels[drop] = self.pipe.config.generator.num_classes  # the null class
+        return labels.to(self.pipe.device)
+
+
+class AestheticStage(FlowStage):
+    """Text-image fine-tune with per-sample weights from aesthetic scores (normalised to mean 1)."""
+
+    def sample_weights(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        s = batch["score"].clamp_min(0)
+        return None if float(s.sum()) == 0 else s / s.mean()
+
+
+# --------------------------------------------------------------------------------------------- Distill
+
+
+class DistillStage(FlowStage):
+    """Consistency distillation (Song et al. 2023) on the flow ODE, with x0-parametrisation f = z - t v.
+
+    Teacher: a frozen copy taking one guided Euler step from t_{n+1} to t_n. Target: the student's own
+    stop-gradient prediction at t_n (no EMA target, as in improved consistency training). f(z, 0) = z
+    holds by construction, so the boundary condition needs no extra term.
+    """
+
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig, teacher: IrisPipeline | None = None):
+        super().__init__(pipe, cfg)
+        self.teacher = copy.deepcopy((teacher or pipe).generator).requires_grad_(False).eval()
+
+    def f(self, gen: nn.Module, z: torch.Tensor, t: torch.Tensor, text: TextCondition, r: int,
+          rng: torch.Generator, k: int | None) -> torch.Tensor:
+        v = gen(z, t, text, r, state_generator=rng, backprop_iterations=k)
+        return z - t.view(-1, 1, 1, 1) * v
+
+    def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        z0 = self.latents(batch["image"])
+        b, n = z0.shape[0], self.cfg.distill_intervals
+        idx = torch.randint(1, n + 1, (b,), generator=rng)
+        t_hi, t_lo = (idx.float() / n).to(z0.device), ((idx - 1).float() / n).to(z0.device)
+        noise = randn(tuple(z0.shape), rng, z0)
+        z_hi = interpolate(z0, noise, t_hi)
+        with torch.no_grad():
+            text = self.text_encoder.encode(batch["caption"])
+            null = self.text_encoder.encode([""] * b)
+            r_t = self.pipe.config.sampler.iterations
+            v_c = self.teacher(z_hi, t_hi, text, r_t)
+            v_u = self.teacher(z_hi, t_hi, null, r_t)
+            v = v_u + self.cfg.distill_guidance * (v_c - v_u)
+            z_lo = z_hi + (t_lo - t_hi).view(-1, 1, 1, 1) * v
+            r = randint(*self.iter_range, rng)
+            target = self.f(self.generator, z_lo, t_lo, text, r, rng, None)
+        pred = self.f(self.generator, z_hi, t_hi, text, r, rng, min(self.backprop, r))
+        loss = (pred.float() - target.float()).pow(2).mean()
+        return loss, {"cd": loss.item()}
+
+
+# --------------------------------------------------------------------------------------------- Adapters
+
+
+def random_masks(b: int, h: int, w: int, rng: torch.Generator, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """Training masks [B, 1, h, w] in {0, 1}: rectangles, ellipses, or (when given) dilated sprite alphas."""
+    masks = torch.zeros(b, 1, h, w)
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    for i in range(b):
+        kind = int(torch.randint(0, 3 if alpha is not None else 2, (1,), generator=rng))
+        if kind == 2:
+            a = F.interpolate(alpha[i : i + 1].float(), size=(h, w), mode="area")
+            masks[i] = (F.max_pool2d(a, 5, 1, 2) > 0.1).float()[0]
+            continue
+        cy, cx = (torch.rand(2, generator=rng) * torch.tensor([h, w])).tolist()
+        ry, rx = ((0.15 + 0.35 * torch.rand(2, generator=rng)) * torch.tensor([h, w])).tolist()
+        if kind == 0:
+            masks[i, 0] = ((yy - cy).abs() <= ry) & ((xx - cx).abs() <= rx)
+        else:
+            masks[i, 0] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    return masks
+
+
+class AdapterStage(FlowStage):
+    """Trains one adapter with the base model frozen (gradients pass through it to the adapter)."""
+
+    name = ""
+
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        if self.name not in pipe.adapters:
+            pipe.adapters[self.name] = build_adapter(self.name, pipe.config).to(pipe.device)
+        self.adapter = pipe.adapters[self.name]
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"adapter": self.adapter}
+
+
+class InpaintStage(AdapterStage):
+    name = "inpaint"
+
+    def residual(self, batch: dict[str, Any], z0: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        mask = random_masks(z0.shape[0], *z0.shape[-2:], rng, batch.get("alpha")).to(z0)
+        return self.adapter(z0, mask)
+
+
+class ControlStage(AdapterStage):
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        self.name = f"control_{cfg.control_kind}"
+        super().__init__(pipe, cfg)
+
+    def residual(self, batch: dict[str, Any], z0: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        from ..control import preprocess_tensor
+
+        control = preprocess_tensor(self.cfg.control_kind, batch["image"])
+        return self.adapter(control.to(z0))
+
+
+class UpscaleStage(AdapterStage):
+    name = "upscale"
+
+    def residual(self, batch: dict[str, Any], z0: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        low = F.avg_pool2d(batch["image"], 2)
+        return self.adapter(low.to(z0))
+
+
+def build_stage(cfg: TrainConfig, pipe: IrisPipeline, teacher: IrisPipeline | None = None) -> Stage:
+    stages: dict[str, Any] = {
+        "vae": VAEStage, "class": ClassStage, "text": FlowStage, "aesthetic": AestheticStage,
+        "inpaint": InpaintStage, "control": ControlStage, "upscale": UpscaleStage,
+    }
+    if cfg.stage == "distill":
+        return DistillStage(pipe, cfg, teacher)
+    return stages[cfg.stage](pipe, cfg)
