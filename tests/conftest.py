@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: tests never touch the network
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from torch import nn  # noqa: E402
 
 from iris.config import GeneratorConfig  # noqa: E402
+
+# no example database or patch files in the working tree; no per-example deadline on a shared, busy CPU
+try:
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "iris-tests-hypothesis"))
+except ImportError:  # pragma: no cover - older hypothesis
+    pass
+settings.register_profile("iris", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("iris")
 
 
 def perturb(module: nn.Module, std: float = 0.02, seed: int = 0) -> nn.Module:

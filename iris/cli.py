@@ -1,0 +1,219 @@
+"""The `iris` command: generate and edit images, inspect models.
+
+    iris generate "a red apple on a blue background" -o apple.png
+    iris generate "a cat face" --model small --steps 4 --iterations 8      # random-weight variant
+    iris info --model small
+    iris edit photo.png "a cat face on a green background" --strength 0.6
+    iris inpaint photo.png mask.png "a rocket"
+    iris upscale small.png --scale 2
+    iris control edges.png "a sun on a purple background" --kind canny
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import VARIANTS
+
+
+def load_pipeline(model: str | None, device: str = "cpu", seed: int = 0):
+    """A model folder, hub id or None (the bundled demo); a bare variant name gives random weights."""
+    from .pipeline import IrisPipeline
+
+    if model and model.lower().removeprefix("iris-") in VARIANTS and not Path(model).exists():
+        return IrisPipeline.from_variant(model, seed=seed).to(device)
+    return IrisPipeline.from_pretrained(model, device=device)
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="model folder, hub id, or variant name for random weights (default: demo)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--steps", type=int, help="sampler steps (default from the model)")
+    p.add_argument("--iterations", "-r", type=int, help="core iterations per step (default from the model)")
+    p.add_argument("--guidance", "-g", type=float, help="classifier-free guidance scale")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=["euler", "heun", "consistency"])
+    p.add_argument("--exit-threshold", type=float, help="adaptive exit: stop iterating once the core state settles")
+    p.add_argument("--output", "-o", default=None, help="output PNG (default: <task>-<seed>.png)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(negative_prompt=args.negative, steps=args.steps, iterations=args.iterations, guidance=args.guidance,
+                seed=args.seed, sampler=args.sampler, exit_threshold=args.exit_threshold)
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+
+    def show(event) -> None:
+        print(f"\r{event.label}  {100 * event.progress:5.1f}%  {event.elapsed:6.1f}s", end="", file=sys.stderr)
+
+    return show
+
+
+def _save(result, args: argparse.Namespace, task: str) -> None:
+    from .pngmeta import save_png
+
+    out = Path(args.output or f"{task}-{result.params['seed']}.png")
+    paths = []
+    for i, image in enumerate(result.images):
+        path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        paths.append(save_png(image, path, result.params))
+    if not args.quiet:
+        print(file=sys.stderr)
+    w, h = result.images[0].size
+    total = result.timings.get("total_s", 0.0)
+    print(f"wrote {', '.join(map(str, paths))} ({w}x{h}, {total:.2f}s)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    result = pipe.generate(args.prompt, width=args.width, height=args.height, num_images=args.num_images,
+                           on_preview=_progress(args.quiet), **_common(args))
+    _save(result, args, "generate")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    result = pipe.edit(args.image, args.prompt, strength=args.strength, on_preview=_progress(args.quiet),
+                       **_common(args))
+    _save(result, args, "edit")
+    return 0
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    result = pipe.inpaint(args.image, args.mask, args.prompt, mask_blur=args.mask_blur, masked_only=args.masked_only,
+                          padding=args.padding, on_preview=_progress(args.quiet), **_common(args))
+    _save(result, args, "inpaint")
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    result = pipe.upscale(args.image, scale=args.scale, prompt=args.prompt, strength=args.strength, tile=args.tile,
+                          on_preview=_progress(args.quiet), **_common(args))
+    _save(result, args, "upscale")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    result = pipe.control(args.image, args.prompt, kind=args.kind, weight=args.weight, start=args.start, end=args.end,
+                          preprocess=not args.no_preprocess, width=args.width, height=args.height,
+                          on_preview=_progress(args.quiet), **_common(args))
+    _save(result, args, "control")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args.model, "cpu")
+    cfg = pipe.config
+    print(f"model       {cfg.name}  ({pipe.source})")
+    print(f"resolution  {cfg.resolution}px, latent {cfg.vae.latent_channels}x{cfg.resolution // cfg.vae.downsample}"
+          f"x{cfg.resolution // cfg.vae.downsample} (1/{cfg.vae.downsample})")
+    print(f"text        {cfg.text.kind} encoder, {cfg.text.max_length} tokens x {cfg.text.dim}")
+    counts = pipe.num_parameters()
+    for part, n in counts.items():
+        print(f"params      {part:<16} {n / 1e6:8.2f}M")
+    print(f"params      {'total':<16} {sum(counts.values()) / 1e6:8.2f}M")
+    g = cfg.generator
+    core = sum(p.numel() for p in pipe.generator.core.parameters())
+    print(f"generator   dim {g.dim}, {g.heads} heads, core {g.core_layers} layers ({core / 1e6:.2f}M, shared)")
+    for r in (4, 8, 12, 16):
+        unique = counts["generator"]
+        effective = unique + (r - 1) * core
+        print(f"depth r={r:<3} {pipe.effective_depth(r):3d} layers, {effective / 1e6:7.1f}M effective params")
+    s = cfg.sampler
+    print(f"defaults    steps {s.steps}, iterations {s.iterations}, guidance {s.guidance}, sampler {s.sampler}"
+          + ("  (distilled)" if cfg.distilled else ""))
+    if cfg.adapters:
+        print(f"adapters    {', '.join(cfg.adapters)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="text to image")
+    p.add_argument("prompt")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--num-images", "-n", type=int, default=1)
+    _budget_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="SDEdit: repaint an image towards a prompt")
+    p.add_argument("image")
+    p.add_argument("prompt")
+    p.add_argument("--strength", type=float, default=0.6, help="0 keeps the image, 1 ignores it")
+    _budget_args(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("inpaint", help="regenerate the white region of a mask")
+    p.add_argument("image")
+    p.add_argument("mask")
+    p.add_argument("prompt")
+    p.add_argument("--mask-blur", type=int, default=4)
+    p.add_argument("--masked-only", action="store_true", help="work on a crop around the mask at native size")
+    p.add_argument("--padding", type=int, default=32)
+    _budget_args(p)
+    p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("upscale", help="wavelet super-resolution, 2x or 4x")
+    p.add_argument("image")
+    p.add_argument("--scale", type=int, default=2, choices=[2, 4])
+    p.add_argument("--prompt", default="")
+    p.add_argument("--strength", type=float, default=0.4)
+    p.add_argument("--tile", type=int, default=512)
+    _budget_args(p)
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("control", help="generate following a control image (edges, scribble, colours)")
+    p.add_argument("image")
+    p.add_argument("prompt")
+    p.add_argument("--kind", default="canny")
+    p.add_argument("--weight", type=float, default=1.0)
+    p.add_argument("--start", type=float, default=0.0)
+    p.add_argument("--end", type=float, default=1.0)
+    p.add_argument("--no-preprocess", action="store_true", help="the image already is a control map")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    _budget_args(p)
+    p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("info", help="parameter counts and effective depth")
+    p.add_argument("--model", "-m", help="model folder, hub id or variant name (default: demo)")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import IrisError
+
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        return args.func(args)
+    except IrisError as err:
+        print(f"\niris: error: {err}" if not getattr(args, "quiet", True) else f"iris: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\niris: interrupted after {time.perf_counter() - start:.1f}s", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"iris: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
