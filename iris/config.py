@@ -63,7 +63,8 @@ class GeneratorConfig:
     recurrent_dim: int = 0  # 0 means = dim
     rglru_c: float = 8.0
     conv_width: int = 4
-    scan_chunk: int = 16
+    scan_chunk: int = 64
+    scan_method: str = "cumsum"  # "cumsum" (O(T D) per chunk) | "matrix" (masked decay matrix)
     manhattan_exact_max_tokens: int = 1024
     # Coda
     window: int = 8
@@ -184,7 +185,7 @@ def nano_config() -> IrisConfig:
         vae=VAEConfig(channels=(48, 96, 192)),
         text=TextConfig(kind="tiny", dim=256, max_length=32, layers=2, heads=4),
         generator=GeneratorConfig(
-            dim=192, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)
+            dim=128, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)
         ),
         sampler=SamplerConfig(steps=4, iterations=8, guidance=3.0, shift=1.0),
     )

@@ -410,6 +410,31 @@ class IrisPipeline:
         assert width % f == 0 and height % f == 0
         return IrisResult(images, params, z, timings)
 
+    # Editing tasks: thin wrappers; the logic and every option live in iris/editing.py.
+    def edit(self, image: Any, prompt: str = "", **options: Any) -> IrisResult:
+        """SDEdit towards `prompt` (strength=0.6, plus generate's budget options). See `iris.editing.edit`."""
+        from .editing import edit
+
+        return edit(self, image, prompt, **options)
+
+    def inpaint(self, image: Any, mask: Any, prompt: str = "", **options: Any) -> IrisResult:
+        """Regenerate the mask's white region (mask_blur, masked_only, padding). See iris.editing.inpaint."""
+        from .editing import inpaint
+
+        return inpaint(self, image, mask, prompt, **options)
+
+    def upscale(self, image: Any, scale: int = 2, **options: Any) -> IrisResult:
+        """Wavelet super-resolution, 2x or 4x (prompt, strength, tile, ...). See `iris.editing.upscale`."""
+        from .editing import upscale
+
+        return upscale(self, image, scale, **options)
+
+    def control(self, control_image: Any, prompt: str = "", **options: Any) -> IrisResult:
+        """Generate following a control image (kind, weight, start, end, ...). See `iris.editing.control`."""
+        from .editing import control
+
+        return control(self, control_image, prompt, **options)
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in self.num_parameters().items())
         return f"IrisPipeline({self.config.name}, {parts}, device={self.device})"

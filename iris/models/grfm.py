@@ -121,9 +121,9 @@ class RGLRU(nn.Module):
     log a_t = -c * sigmoid(W_a x_t) * softplus(-Lambda);  h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t)
     """
 
-    def __init__(self, dim: int, c: float = 8.0, chunk: int = 64):
+    def __init__(self, dim: int, c: float = 8.0, chunk: int = 64, method: str = "cumsum"):
         super().__init__()
-        self.c, self.chunk = c, chunk
+        self.c, self.chunk, self.method = c, chunk, method
         self.gates = nn.Linear(dim, 2 * dim)  # recurrence gate and input gate, fused
         # a^c uniform in [0.9, 0.999] at init: sigmoid(Lambda) = u^(1/c)
         u = torch.empty(dim).uniform_(0.9, 0.999) ** (1.0 / c)
@@ -133,7 +133,7 @@ class RGLRU(nn.Module):
         gate_a, gate_x = torch.sigmoid(self.gates(x)).chunk(2, dim=-1)
         log_a = -self.c * gate_a.float() * F.softplus(-self.a_param.float())
         mult = torch.sqrt((1 - torch.exp(2 * log_a)).clamp_min(1e-12))
-        return chunked_linear_scan(log_a, mult * (gate_x * x).float(), self.chunk).to(x.dtype)
+        return chunked_linear_scan(log_a, mult * (gate_x * x).float(), self.chunk, method=self.method).to(x.dtype)
 
 
 class RecurrentBlock(nn.Module):
@@ -144,12 +144,12 @@ class RecurrentBlock(nn.Module):
     """
 
     def __init__(self, dim: int, width: int, conv_width: int = 4, c: float = 8.0, chunk: int = 64,
-                 column_major: bool = False):
+                 column_major: bool = False, method: str = "cumsum"):
         super().__init__()
         self.column_major = column_major
         self.in_proj = nn.Linear(dim, 2 * width)
         self.conv = nn.Conv1d(width, width, conv_width, groups=width, padding=conv_width - 1)
-        self.lru = RGLRU(width, c, chunk)
+        self.lru = RGLRU(width, c, chunk, method)
         self.out_proj = nn.Linear(width, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +233,7 @@ class GRFM(nn.Module):
         d = cfg.dim
         self.fourier = AFNO2D(d, cfg.afno_blocks, cfg.softshrink, cfg.fourier_impl)
         self.recurrent = RecurrentBlock(d, cfg.recurrent_width, cfg.conv_width, cfg.rglru_c, cfg.scan_chunk,
-                                        column_major)
+                                        column_major, cfg.scan_method)
         self.spatial = ManhattanAttention(d, cfg.heads, cfg.manhattan_exact_max_tokens)
         self.gate = nn.Linear(d, d)
         self.alpha = nn.Parameter(torch.full((d,), 0.5))

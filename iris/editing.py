@@ -1,0 +1,583 @@
+"""The editing tasks on top of `IrisPipeline.denoise`: SDEdit, inpainting, wavelet super-resolution, control.
+
+    pipe.edit(image, "a cat face", strength=0.6)
+    pipe.inpaint(image, mask, "a rocket", mask_blur=4, masked_only=True, padding=32)
+    pipe.upscale(image, scale=4, prompt="", strength=0.4, tile=512)
+    pipe.control(edges, "a sun", kind="canny", weight=1.0, start=0.0, end=1.0)
+
+Every task takes the budget arguments of `generate` (steps, iterations, guidance, seed, sampler, shift,
+exit_threshold, negative_prompt, on_preview, preview_fraction) and returns an `IrisResult` whose params
+hold every setting needed to reproduce it. Images and masks may be PIL images, paths, bytes or numpy
+arrays; every number is checked and a bad one raises `InvalidInputError`.
+
+Sizes. The model works on a latent grid (multiples of `pipe.latent_factor` px, 16 for nano). edit and
+inpaint accept any image size, 1x1 included: the image is resized to the nearest grid size (scaled down
+first so its longer side is at most 2048 px), processed, and resized back, so the output always has the
+input's size. Very small images are therefore worked on at one latent cell (16x16 px for nano).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from . import control as control_maps
+from . import sampling
+from .errors import InvalidInputError
+from .inputs import check_float, check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
+from .models.wavelet import dwt, idwt, with_ll_band
+from .pipeline import MAX_SIDE, Budget, IrisPipeline, IrisResult, PreviewCallback, PreviewEvent
+
+MAX_MASK_BLUR = 64.0
+MAX_PADDING = 512
+MAX_TILE = 8192
+MAX_UPSCALE_PIXELS = 4096 * 4096  # output pixels of one upscale call
+MAX_UPSCALE_SIDE = 16384
+MAX_CONTROL_WEIGHT = 2.0
+UPSCALE_SCALES = (2, 4)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise InvalidInputError(f"{name} must be true or false, got {value!r}")
+
+
+def _check_common(pipe: IrisPipeline, prompt: Any, negative_prompt: Any, steps: Any, iterations: Any,
+                  guidance: Any, seed: Any, sampler: Any, shift: Any, exit_threshold: Any,
+                  ) -> tuple[str, str, Budget, int]:
+    prompt = check_prompt(prompt)
+    negative_prompt = check_prompt(negative_prompt, "negative_prompt")
+    budget = pipe.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold)
+    return prompt, negative_prompt, budget, check_seed(seed)
+
+
+def check_scale(value: Any) -> int:
+    """The upscale factor: 2 or 4."""
+    scale = check_int("scale", value, 1, 16)
+    if scale not in UPSCALE_SCALES:
+        raise InvalidInputError(f"scale must be 2 or 4, got {scale}")
+    return scale
+
+
+def check_tile(pipe: IrisPipeline, value: Any) -> int:
+    """Tile size in output px: 0 (or None) disables tiling, else >= 2 grid cells, rounded down to the grid."""
+    if value is None:
+        return 0
+    tile = check_int("tile", value, 0, MAX_TILE)
+    f = pipe.latent_factor
+    if tile == 0:
+        return 0
+    if tile < 2 * f:
+        raise InvalidInputError(f"tile must be 0 (no tiling) or at least {2 * f} pixels, got {tile}")
+    return tile // f * f
+
+
+def check_window(start: Any, end: Any) -> tuple[float, float]:
+    """The [start, end] fractions of the schedule during which control applies (0 <= start < end <= 1)."""
+    s = check_float("start", start, 0.0, 1.0)
+    e = check_float("end", end, 0.0, 1.0)
+    if not s < e:
+        raise InvalidInputError(f"start must be below end (fractions of the schedule), got {s:g} and {e:g}")
+    return s, e
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+def _to_grid(pipe: IrisPipeline, value: float) -> int:
+    f = pipe.latent_factor
+    return int(min(MAX_SIDE // f * f, max(f, round(value / f) * f)))
+
+
+def fit_grid(pipe: IrisPipeline, width: int, height: int, longest: int = MAX_SIDE) -> tuple[int, int]:
+    """The grid size an image of (width, height) is worked at: scaled down to fit `longest`, rounded."""
+    s = min(1.0, longest / max(width, height))
+    return _to_grid(pipe, width * s), _to_grid(pipe, height * s)
+
+
+def native_grid(pipe: IrisPipeline, width: int, height: int) -> tuple[int, int]:
+    """A grid size with the aspect ratio of (width, height) and the longer side at the model's resolution."""
+    s = pipe.config.resolution / max(width, height)
+    return _to_grid(pipe, width * s), _to_grid(pipe, height * s)
+
+
+def _resize(image: Image.Image, size: tuple[int, int],
+            resample: int = Image.Resampling.LANCZOS) -> Image.Image:
+    return image if image.size == tuple(size) else image.resize(size, resample)
+
+
+# ------------------------------------------------------------------------------------------------ SDEdit
+def sdedit_start(strength: float, shift: float) -> float:
+    """The `start` of `sampling.flow_timesteps` whose first (shift-warped) time equals `strength`."""
+    if strength >= 1.0:
+        return 1.0
+    return strength / (shift - (shift - 1.0) * strength)
+
+
+def sdedit(pipe: IrisPipeline, z_clean: torch.Tensor, noise: torch.Tensor, prompt: str, negative_prompt: str,
+           budget: Budget, seed: int, strength: float, *,
+           residual: Callable[[float], torch.Tensor | None] | None = None,
+           on_preview: PreviewCallback | None = None, preview_fraction: float | None = 0.1,
+           timings: dict[str, float] | None = None) -> torch.Tensor:
+    """Noise clean latents to t0 = strength along the flow, then integrate to 0 with all `budget.steps` steps.
+
+    strength 0 returns `z_clean`; strength 1 starts from `noise` alone (text-to-image from that noise).
+    """
+    if strength <= 0.0:
+        return z_clean
+    start = sdedit_start(strength, budget.shift)
+    t0 = sampling.flow_timesteps(budget.steps, budget.shift, start)[0]
+    z = (1.0 - t0) * z_clean + t0 * noise
+    return pipe.denoise(z, prompt, negative_prompt, budget, seed, start=start, residual=residual,
+                        on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
+
+
+def _add_timings(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v
+
+
+def edit(
+    pipe: IrisPipeline,
+    image: Any,
+    prompt: str = "",
+    negative_prompt: str = "",
+    strength: float = 0.6,
+    steps: int | None = None,
+    iterations: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    shift: float | None = None,
+    exit_threshold: float | None = None,
+    on_preview: PreviewCallback | None = None,
+    preview_fraction: float | None = 0.1,
+) -> IrisResult:
+    """SDEdit: encode the image, noise it to t0 = `strength`, integrate to 0 under the new prompt.
+
+    strength 0 gives the VAE round trip of the image; strength 1 equals `generate` with the same seed and
+    budget at the image's grid size. All `steps` sampler steps are spent on [t0, 0]. The output has the
+    input's size (worked at the nearest grid size, see the module docstring).
+    """
+    t_start = time.perf_counter()
+    prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
+                                                          guidance, seed, sampler, shift, exit_threshold)
+    strength = check_float("strength", strength, 0.0, 1.0)
+    img = open_image(image)
+    w, h = img.size
+    gw, gh = fit_grid(pipe, w, h)
+    z_clean = pipe.encode(pil_to_tensor(_resize(img, (gw, gh))))
+    noise = pipe.initial_noise(seed, tuple(z_clean.shape))
+    timings: dict[str, float] = {}
+    z = sdedit(pipe, z_clean, noise, prompt, negative_prompt, budget, seed, strength,
+               on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
+    out = _resize(pipe.decode(z)[0], (w, h))
+    timings["total_s"] = time.perf_counter() - t_start
+    params = pipe.base_params("edit", prompt, negative_prompt, budget, seed, w, h)
+    params["strength"] = strength
+    return IrisResult([out], params, z, timings)
+
+
+# ---------------------------------------------------------------------------------------------- inpaint
+def _feathered_alpha(mask: Image.Image, binary: np.ndarray, box: tuple[int, int, int, int],
+                     blur: float) -> np.ndarray:
+    """Composite weights [h, w] in [0, 1] inside `box`: the mask blurred by `blur` px, zeroed outside the
+    binary mask (feathered inward only, so unmasked pixels keep weight exactly 0)."""
+    x0, y0, x1, y1 = box
+    inside = binary[y0:y1, x0:x1]
+    if blur <= 0:
+        return inside.astype(np.float32)
+    m = math.ceil(3 * blur) + 2
+    W, H = mask.size
+    bx0, by0, bx1, by1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+    blurred = mask.crop((bx0, by0, bx1, by1)).filter(ImageFilter.GaussianBlur(blur))
+    a = np.asarray(blurred, dtype=np.float32)[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] / 255.0
+    return a * inside
+
+
+def latent_mask(region_mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """[1, 1, h, w] float {0, 1}: the binary pixel mask area-downsampled to the latent grid, any coverage
+    counting, dilated by one cell."""
+    m = torch.from_numpy(region_mask.astype(np.float32))[None, None]
+    covered = F.adaptive_avg_pool2d(m, grid) > 0
+    return (F.max_pool2d(covered.float(), 3, stride=1, padding=1) > 0).float()
+
+
+def inpaint(
+    pipe: IrisPipeline,
+    image: Any,
+    mask: Any,
+    prompt: str = "",
+    negative_prompt: str = "",
+    mask_blur: float = 4,
+    masked_only: bool = False,
+    padding: int = 32,
+    steps: int | None = None,
+    iterations: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    shift: float | None = None,
+    exit_threshold: float | None = None,
+    on_preview: PreviewCallback | None = None,
+    preview_fraction: float | None = 0.1,
+) -> IrisResult:
+    """Regenerate the white region of `mask` (white = change, black = keep).
+
+    At every sampler step the known (unmasked, latent-mask 0) region is reset to the original latent noised
+    to the current t with the run's seeded noise; the model's `inpaint` adapter, when it has one, sees the
+    known latent and the mask. The result is composited over the original with the mask blurred by
+    `mask_blur` px and feathered inward only: pixels outside the mask come back exactly unchanged.
+
+    masked_only: work on the mask's bounding box grown by `padding` px, resized so its longer side is the
+    model's resolution, and paste it back (more detail for small masks in large images).
+
+    A mask of another size than the image is resized to it (nearest). An empty mask returns the input
+    unchanged (params["empty_mask"] = True, no sampling). A full mask is plain text-to-image at the image's
+    grid size (nothing is known; no adapter, no replacement), resized to the image's size.
+    """
+    t_start = time.perf_counter()
+    prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
+                                                          guidance, seed, sampler, shift, exit_threshold)
+    mask_blur = check_float("mask_blur", mask_blur, 0.0, MAX_MASK_BLUR)
+    masked_only = _check_bool("masked_only", masked_only)
+    padding = check_int("padding", padding, 0, MAX_PADDING)
+    img = open_image(image)
+    W, H = img.size
+    mask_img = open_mask(mask, (W, H))
+    binary = np.asarray(mask_img) > 127
+    params = pipe.base_params("inpaint", prompt, negative_prompt, budget, seed, W, H)
+    params.update(mask_blur=mask_blur, masked_only=masked_only, padding=padding)
+    timings: dict[str, float] = {}
+    if not binary.any():
+        params.update(empty_mask=True, inpaint_adapter=False)
+        timings["total_s"] = time.perf_counter() - t_start
+        return IrisResult([img.copy()], params, None, timings)
+    full = bool(binary.all())
+
+    if masked_only and not full:
+        ys, xs = np.nonzero(binary)
+        box = (max(0, int(xs.min()) - padding), max(0, int(ys.min()) - padding),
+               min(W, int(xs.max()) + 1 + padding), min(H, int(ys.max()) + 1 + padding))
+        gw, gh = native_grid(pipe, box[2] - box[0], box[3] - box[1])
+    else:
+        box = (0, 0, W, H)
+        gw, gh = fit_grid(pipe, W, H)
+    x0, y0, x1, y1 = box
+    region = img.crop(box) if box != (0, 0, W, H) else img
+    z_known = pipe.encode(pil_to_tensor(_resize(region, (gw, gh))))
+    noise = pipe.initial_noise(seed, tuple(z_known.shape))
+
+    residual = on_step = None
+    use_adapter = False
+    if not full:
+        m = latent_mask(binary[y0:y1, x0:x1], tuple(z_known.shape[-2:])).to(z_known)
+        keep = 1.0 - m
+
+        def on_step(i: int, t_next: float, z: torch.Tensor) -> torch.Tensor:
+            return m * z + keep * ((1.0 - t_next) * z_known + t_next * noise)
+
+        if "inpaint" in pipe.adapters:
+            use_adapter = True
+            with torch.inference_mode():
+                feats = pipe.adapters["inpaint"](z_known, m)
+            residual = lambda t: feats
+
+    z = pipe.denoise(noise, prompt, negative_prompt, budget, seed, residual=residual, on_step=on_step,
+                     on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
+    generated = _resize(pipe.decode(z)[0], (x1 - x0, y1 - y0))
+
+    original = np.asarray(img)
+    if full:
+        out = np.asarray(generated).copy()
+    else:
+        alpha = _feathered_alpha(mask_img, binary, box, mask_blur)[..., None]
+        orig_region = original[y0:y1, x0:x1].astype(np.float32)
+        blend = alpha * np.asarray(generated, dtype=np.float32) + (1.0 - alpha) * orig_region
+        blend = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        out = original.copy()
+        out[y0:y1, x0:x1] = np.where(alpha > 0, blend, original[y0:y1, x0:x1])
+    timings["total_s"] = time.perf_counter() - t_start
+    params.update(empty_mask=False, inpaint_adapter=use_adapter)
+    return IrisResult([Image.fromarray(out)], params, z, timings)
+
+
+# ---------------------------------------------------------------------------------------------- upscale
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of `tile`-px tiles covering `length` px, consecutive ones overlapping >= `overlap`."""
+    if tile <= 0 or length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _ramp(n: int, lead: int, trail: int) -> torch.Tensor:
+    """Blend weights [n]: a linear ramp up over `lead` px, flat, down over `trail` px (never zero)."""
+    w = torch.ones(n)
+    if lead:
+        w[:lead] = torch.minimum(w[:lead], (torch.arange(lead) + 0.5) / lead)
+    if trail:
+        w[n - trail :] = torch.minimum(w[n - trail :], (torch.arange(trail, 0, -1) - 0.5) / trail)
+    return w
+
+
+def match_low_res(output: torch.Tensor, low: np.ndarray) -> np.ndarray:
+    """Make a 2x output agree with its low-resolution source exactly.
+
+    output [1, 3, 2h, 2w] in [-1, 1] (float); low [h, w, 3] uint8. Sets the LL band of the output's
+    orthonormal Haar DWT to 2x the low-res image and inverts (every 2x2 block mean becomes the low-res
+    pixel), then clamps to the pixel range while keeping each block mean (a per-block shift found by
+    bisection where clamping bites) and rounds to uint8 keeping each block's sum, so a 2x2 box downscale
+    of the returned [2h, 2w, 3] uint8 image is exactly `low`.
+    """
+    h, w = low.shape[:2]
+    low_t = torch.from_numpy(np.array(low, dtype=np.float32)).permute(2, 0, 1)[None]  # [1, 3, h, w], 0..255
+    out = idwt(with_ll_band(dwt(output.float().cpu()), 2.0 * (low_t / 127.5 - 1.0)))
+    v = (out + 1.0) * 127.5
+    blocks = v.view(3, h, 2, w, 2).permute(1, 3, 0, 2, 4).reshape(-1, 4)  # [h*w*3, 4] in (y, x, c) order
+    target = low_t[0].permute(1, 2, 0).reshape(-1)
+
+    clamped = blocks.clamp(0.0, 255.0)
+    bad = (blocks < 0).any(1) | (blocks > 255).any(1)
+    if bool(bad.any()):
+        b, t = blocks[bad].double(), target[bad].double()
+        lo, hi = -b.max(1).values, 255.0 - b.min(1).values  # mean(clamp(b + c)) is 0 at lo, 255 at hi
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            below = (b + mid[:, None]).clamp(0.0, 255.0).mean(1) < t
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        clamped[bad] = (b + hi[:, None]).clamp(0.0, 255.0).float()
+
+    floor = clamped.floor()
+    frac = clamped - floor
+    k = (4.0 * target - floor.sum(1)).round().clamp(0, 4)
+    rank = frac.neg().argsort(dim=1, stable=True).argsort(dim=1)
+    q = (floor + (rank < k[:, None]).float()).clamp(0, 255)
+    return q.view(h, w, 3, 2, 2).permute(0, 3, 1, 4, 2).reshape(2 * h, 2 * w, 3).to(torch.uint8).numpy()
+
+
+class _Progress:
+    """Re-numbers the preview events of many denoise runs (tiles, passes) into one run."""
+
+    def __init__(self, callback: PreviewCallback | None, total_runs: int, steps: int):
+        self.callback, self.total, self.steps = callback, total_runs * steps, steps
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def for_next_run(self) -> PreviewCallback | None:
+        if self.callback is None:
+            return None
+        offset = self.done * self.steps
+        self.done += 1
+        cb = self.callback
+
+        def forward(event: PreviewEvent) -> None:
+            cb(PreviewEvent(offset + event.step, self.total, event.iteration, event.iterations, event.image,
+                            time.perf_counter() - self.t0))
+
+        return forward
+
+
+def _upscale_2x(pipe: IrisPipeline, low_img: Image.Image, prompt: str, negative_prompt: str, budget: Budget,
+                seed: int, strength: float, tile: int, overlap: int, progress: _Progress,
+                preview_fraction: float | None, timings: dict[str, float]) -> Image.Image:
+    low = np.asarray(low_img)
+    h, w = low.shape[:2]
+    f, ds = pipe.latent_factor, pipe.config.vae.downsample
+    hp, wp = math.ceil(2 * h / f) * f, math.ceil(2 * w / f) * f
+    lo = pil_to_tensor(low_img)
+    lo = F.pad(lo, (0, wp // 2 - w, 0, hp // 2 - h), mode="replicate")
+    up = F.interpolate(lo, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
+    noise = pipe.initial_noise(seed, (1, pipe.config.vae.latent_channels, hp // ds, wp // ds)).cpu()
+    adapter = pipe.adapters["upscale"] if "upscale" in pipe.adapters else None
+    ys, xs = tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap)
+    th, tw = min(hp, tile or hp), min(wp, tile or wp)
+    acc = torch.zeros(1, 3, hp, wp)
+    weight = torch.zeros(1, 1, hp, wp)
+    dev = pipe.device
+    for y in ys:
+        for x in xs:
+            part = up[..., y : y + th, x : x + tw].to(dev)
+            z_clean = pipe.encode(part)
+            residual = None
+            if adapter is not None:
+                with torch.inference_mode():
+                    feats = adapter(lo[..., y // 2 : (y + th) // 2, x // 2 : (x + tw) // 2].to(dev))
+                residual = lambda t, feats=feats: feats
+            run_timings: dict[str, float] = {}
+            tile_noise = noise[..., y // ds : (y + th) // ds, x // ds : (x + tw) // ds].to(dev)
+            z = sdedit(pipe, z_clean, tile_noise, prompt, negative_prompt, budget, seed, strength,
+                       residual=residual, on_preview=progress.for_next_run(),
+                       preview_fraction=preview_fraction, timings=run_timings)
+            _add_timings(timings, run_timings)
+            with torch.inference_mode():
+                decoded = pipe.vae.decode(z).float().cpu()
+            if len(ys) * len(xs) == 1:
+                acc, weight = decoded, torch.ones(1, 1, hp, wp)
+                break
+            wy = _ramp(th, overlap if y > 0 else 0, overlap if y + th < hp else 0)
+            wx = _ramp(tw, overlap if x > 0 else 0, overlap if x + tw < wp else 0)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            acc[..., y : y + th, x : x + tw] += decoded * wt
+            weight[..., y : y + th, x : x + tw] += wt
+    blended = (acc / weight)[..., : 2 * h, : 2 * w]
+    return Image.fromarray(match_low_res(blended, low))
+
+
+def upscale(
+    pipe: IrisPipeline,
+    image: Any,
+    scale: int = 2,
+    prompt: str = "",
+    negative_prompt: str = "",
+    strength: float = 0.4,
+    tile: int | None = 512,
+    steps: int | None = None,
+    iterations: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    shift: float | None = None,
+    exit_threshold: float | None = None,
+    on_preview: PreviewCallback | None = None,
+    preview_fraction: float | None = 0.1,
+) -> IrisResult:
+    """Wavelet super-resolution, 2x or 4x (= 2x twice); output exactly `scale` x the input's size.
+
+    Each 2x pass encodes the bicubic upsample (padded to the grid), refines it with SDEdit at `strength`
+    (with the model's `upscale` adapter when it has one), then replaces the LL band of the result's Haar
+    DWT with the input (see `match_low_res`): a 2x2 (4x4 for scale 4) box downscale of the output gives
+    back the input exactly. Outputs larger than `tile` px (0 or None: never) are refined in tiles of
+    `tile` px overlapping by tile/8 (at least one grid cell), linearly blended; the LL replacement runs
+    on the whole blended output, so the exactness holds for any tiling. Outputs are limited to 4096x4096
+    pixels' worth (16.7 M pixels).
+    """
+    t_start = time.perf_counter()
+    prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
+                                                          guidance, seed, sampler, shift, exit_threshold)
+    scale = check_scale(scale)
+    strength = check_float("strength", strength, 0.0, 1.0)
+    tile = check_tile(pipe, tile)
+    f = pipe.latent_factor
+    overlap = max(f, tile // 8 // f * f) if tile else 0
+    img = open_image(image)
+    w, h = img.size
+    if w * scale * h * scale > MAX_UPSCALE_PIXELS or max(w, h) * scale > MAX_UPSCALE_SIDE:
+        raise InvalidInputError(f"upscaling {w}x{h} by {scale} gives {w * scale}x{h * scale}; the limit is "
+                                f"{MAX_UPSCALE_PIXELS:,} output pixels")
+    passes = [(w * 2 ** i, h * 2 ** i) for i in range(1 if scale == 2 else 2)]
+    runs = 0
+    for pw, ph in passes:
+        hp, wp = math.ceil(2 * ph / f) * f, math.ceil(2 * pw / f) * f
+        runs += len(tile_starts(hp, tile, overlap)) * len(tile_starts(wp, tile, overlap))
+    progress = _Progress(on_preview if strength > 0 else None, runs, budget.steps)
+    timings: dict[str, float] = {}
+    out = img
+    for _ in passes:
+        out = _upscale_2x(pipe, out, prompt, negative_prompt, budget, seed, strength, tile, overlap, progress,
+                          preview_fraction, timings)
+    timings["total_s"] = time.perf_counter() - t_start
+    params = pipe.base_params("upscale", prompt, negative_prompt, budget, seed, out.width, out.height)
+    params.update(scale=scale, strength=strength, tile=tile, overlap=overlap, tiles=runs,
+                  upscale_adapter="upscale" in pipe.adapters)
+    return IrisResult([out], params, None, timings)
+
+
+# ---------------------------------------------------------------------------------------------- control
+def control_kinds(pipe: IrisPipeline) -> list[str]:
+    """The control kinds this model has adapters for."""
+    return sorted(name.removeprefix("control_") for name in pipe.adapters if name.startswith("control_"))
+
+
+def control(
+    pipe: IrisPipeline,
+    control_image: Any,
+    prompt: str = "",
+    negative_prompt: str = "",
+    kind: str = "canny",
+    weight: float = 1.0,
+    start: float = 0.0,
+    end: float = 1.0,
+    preprocess: bool = True,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    iterations: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    shift: float | None = None,
+    exit_threshold: float | None = None,
+    on_preview: PreviewCallback | None = None,
+    preview_fraction: float | None = 0.1,
+) -> IrisResult:
+    """Text to image following a control image, through the model's `control_<kind>` adapter.
+
+    The control image is resized to the output size, turned into a map by `iris.control.preprocess`
+    (canny, scribble, color; other kinds such as depth or pose pass through) unless preprocess=False
+    (the image already is a map), and the adapter's features, scaled by `weight`, are added to the
+    Prelude output while the current time t lies in the [start, end] fraction of the schedule (the
+    schedule runs from t = 1 to 0, so fraction f is t = 1 - f). weight 0 is exactly `generate`.
+    Size: width/height as in `generate`; when both are left out, the control image's aspect ratio with its
+    longer side at the model's resolution. A kind without an adapter raises InvalidInputError naming the
+    kinds the model has.
+    """
+    t_start = time.perf_counter()
+    prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
+                                                          guidance, seed, sampler, shift, exit_threshold)
+    kind = control_maps.check_kind(kind)
+    if f"control_{kind}" not in pipe.adapters:
+        have = control_kinds(pipe)
+        raise InvalidInputError(f"this model has no control adapter for {kind!r}; it has "
+                                + (", ".join(have) if have else "no control adapters"))
+    weight = check_float("weight", weight, 0.0, MAX_CONTROL_WEIGHT)
+    start, end = check_window(start, end)
+    preprocess = _check_bool("preprocess", preprocess)
+    source = open_image(control_image)
+    if width is None and height is None:
+        width, height = native_grid(pipe, *source.size)
+    elif width is None:
+        width = max(1, round(check_int("height", height, 1, MAX_SIDE) * source.width / source.height))
+    elif height is None:
+        height = max(1, round(check_int("width", width, 1, MAX_SIDE) * source.height / source.width))
+    width, height = pipe.check_size(width, height)
+    if preprocess:
+        cmap = control_maps.preprocess(kind, _resize(source, (width, height)))
+    else:
+        cmap = _resize(source, (width, height), Image.Resampling.BILINEAR)
+    feats = None
+    if weight > 0:
+        with torch.inference_mode():
+            feats = pipe.adapters[f"control_{kind}"](pil_to_tensor(cmap).to(pipe.device)) * weight
+
+    def residual(t: float) -> torch.Tensor | None:
+        fraction = 1.0 - t
+        return feats if start - 1e-9 <= fraction <= end + 1e-9 else None
+
+    ds = pipe.config.vae.downsample
+    shape = (1, pipe.config.vae.latent_channels, height // ds, width // ds)
+    timings: dict[str, float] = {}
+    z = pipe.denoise(pipe.initial_noise(seed, shape), prompt, negative_prompt, budget, seed,
+                     residual=residual if feats is not None else None, on_preview=on_preview,
+                     preview_fraction=preview_fraction, timings=timings)
+    images = pipe.decode(z)
+    timings["total_s"] = time.perf_counter() - t_start
+    params = pipe.base_params("control", prompt, negative_prompt, budget, seed, width, height)
+    params.update(kind=kind, weight=weight, start=start, end=end, preprocess=preprocess)
+    return IrisResult(images, params, z, timings)
+
+
+__all__ = [
+    "edit", "inpaint", "upscale", "control", "sdedit", "sdedit_start", "match_low_res", "latent_mask",
+    "tile_starts", "fit_grid", "native_grid", "control_kinds", "check_scale", "check_tile", "check_window",
+]

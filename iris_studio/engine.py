@@ -1,0 +1,309 @@
+"""The studio's hold on the IRIS engine: one pipeline, runs in a worker thread, previews, cancel, speed.
+
+Uses the engine's public API only (`iris.IrisPipeline`, `iris.PreviewEvent`, `iris.errors`, `iris.hub`).
+A run is a generator of `Update`s: the UI drains it and streams each preview to the browser. Stop sets a
+flag that the preview callback checks after every core iteration, raising `GenerationCancelled`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("generate", "inpaint", "edit", "upscale", "control")
+SAMPLERS = ("euler", "heun", "consistency")
+DEMO = "demo"
+
+
+@dataclass
+class ModelInfo:
+    """What the UI shows about the loaded model."""
+
+    name: str
+    source: str
+    resolution: int
+    latent_factor: int
+    max_iterations: int
+    core_layers: int
+    parameters: int
+    random_weights: bool
+    defaults: dict[str, Any] = field(default_factory=dict)
+    adapters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Update:
+    """One message of a run: a preview (maybe without a new image), the result, or the cancellation."""
+
+    kind: str  # "preview" | "done" | "cancelled"
+    label: str = ""
+    progress: float = 0.0
+    elapsed: float = 0.0
+    eta: float | None = None
+    image: Any = None  # a new preview image (PIL) or None
+    result: Any = None  # IrisResult when kind == "done"
+    previews: int = 0  # preview events seen so far
+
+
+def is_variant(spec: str) -> bool:
+    from iris import VARIANTS
+
+    return spec.lower().removeprefix("iris-") in VARIANTS and not Path(spec).exists()
+
+
+def sampler_calls(sampler: str, steps: int) -> int:
+    """Velocity evaluations (each running the core `iterations` times) a sampler makes in `steps` steps."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def uses_cfg(guidance: float) -> bool:
+    return guidance != 1.0 and guidance > 0
+
+
+class Engine:
+    """Holds one IrisPipeline; runs tasks one at a time in a worker thread with live previews."""
+
+    def __init__(self, model: str | None = DEMO, device: str = "cpu"):
+        self.spec = model or DEMO
+        self.device = device
+        self.notice: str | None = None  # shown as a banner (random weights, fallback after a failed load)
+        self._pipe: Any = None
+        self._info: ModelInfo | None = None
+        self._run_lock = threading.Lock()  # one run (or load) at a time
+        self._flags_lock = threading.Lock()
+        self._active: set[threading.Event] = set()
+        # measured speed: seconds per core iteration per (megapixel x CFG batch), and fixed cost per run
+        self._iter_cost: float | None = None
+        self._overhead: float | None = None
+
+    # ------------------------------------------------------------------------------------------ models
+    def _build(self, spec: str, device: str) -> tuple[Any, str | None]:
+        from iris import IrisPipeline
+        from iris.hub import demo_model_path
+
+        spec = (spec or DEMO).strip()
+        if spec.lower() in (DEMO, "default", ""):
+            folder = demo_model_path()
+            if not (folder / "config.json").is_file():
+                pipe = IrisPipeline.from_variant("nano").to(device)
+                return pipe, (f"The bundled demo model is not installed ({folder}). Running a **random-weight "
+                              "nano model** instead: it shows how the app works, but its images are noise. "
+                              "Pick a trained model under Settings → Model.")
+            return IrisPipeline.from_pretrained(None, device=device), None
+        if is_variant(spec):
+            pipe = IrisPipeline.from_variant(spec).to(device)
+            return pipe, (f"Running the **{spec}** variant with **random weights**: its images are noise. "
+                          "Pick a trained model under Settings → Model.")
+        return IrisPipeline.from_pretrained(spec, device=device), None
+
+    def load(self, spec: str | None = None, device: str | None = None) -> ModelInfo:
+        """Load a model ("demo", a folder, a hub id or a variant name). Raises iris errors on failure and
+        keeps the current model then. Waits for a running generation to finish first."""
+        spec = (spec if spec is not None else self.spec) or DEMO
+        device = device or self.device
+        pipe, notice = self._build(spec, device)
+        with self._run_lock:
+            self._pipe, self.spec, self.device, self.notice = pipe, spec, device, notice
+            self._info = self._describe(pipe)
+            self._iter_cost = self._overhead = None
+        return self._info
+
+    def load_or_fallback(self, spec: str | None = None, device: str | None = None) -> ModelInfo:
+        """Start-up loading: on failure fall back to the demo (or random nano) and say why in the notice."""
+        from iris.errors import IrisError
+
+        try:
+            return self.load(spec, device)
+        except (IrisError, OSError) as err:
+            failed = f"Could not load model {spec!r}: {err}"
+        try:
+            info = self.load(DEMO, "cpu")
+        except (IrisError, OSError):
+            info = self.load("nano", "cpu")
+        self.notice = failed + ("\n\n" + self.notice if self.notice else "") + "\n\nUsing the default model instead."
+        return info
+
+    @staticmethod
+    def _describe(pipe: Any) -> ModelInfo:
+        cfg = pipe.config
+        s = cfg.sampler
+        return ModelInfo(
+            name=cfg.name, source=str(pipe.source), resolution=int(cfg.resolution),
+            latent_factor=int(pipe.latent_factor), max_iterations=int(cfg.generator.max_iterations),
+            core_layers=int(cfg.generator.core_layers), parameters=int(sum(pipe.num_parameters().values())),
+            random_weights=str(pipe.source).startswith("random:"),
+            defaults={"steps": s.steps, "iterations": s.iterations, "guidance": s.guidance, "sampler": s.sampler,
+                      "shift": s.shift},
+            adapters=list(cfg.adapters),
+        )
+
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            self.load_or_fallback(self.spec, self.device)
+        return self._pipe
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            self.pipe  # noqa: B018 - loads
+        assert self._info is not None
+        return self._info
+
+    def warmup(self) -> None:
+        """One tiny run so the first real one does not pay for lazy initialisation (and to measure speed)."""
+        try:
+            for _ in self.run("generate", {"prompt": "", "steps": 1, "iterations": 1, "seed": 0, "guidance": 1.0},
+                              interval=0.0, preview_fraction=None, record=False):
+                pass
+        except Exception:  # noqa: BLE001 - warm-up is best effort
+            pass
+
+    # -------------------------------------------------------------------------------------------- runs
+    def cancel(self) -> bool:
+        """Ask every active run to stop at its next core iteration. True if one was running."""
+        with self._flags_lock:
+            for flag in self._active:
+                flag.set()
+            return bool(self._active)
+
+    @property
+    def busy(self) -> bool:
+        with self._flags_lock:
+            return bool(self._active)
+
+    def run(self, task: str, kwargs: dict[str, Any], *, interval: float = 0.08, preview_fraction: float | None = 0.25,
+            record: bool = True) -> Iterator[Update]:
+        """Run `pipe.<task>(**kwargs)` in a worker thread; yield previews at most every `interval` seconds,
+        then a final "done" (with the IrisResult) or "cancelled" update. Engine errors are re-raised here."""
+        from iris.errors import GenerationCancelled
+
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        pipe = self.pipe
+        fn = getattr(pipe, task, None)
+        if fn is None:
+            from iris.errors import IrisError
+
+            raise IrisError(f"this engine version has no {task} task")
+        flag = threading.Event()
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def on_preview(event: Any) -> None:
+            if flag.is_set():
+                raise GenerationCancelled(f"stopped at {event.label}")
+            events.put(("preview", event))
+
+        def work() -> None:
+            try:
+                with self._run_lock:
+                    if flag.is_set():
+                        raise GenerationCancelled("stopped before it started")
+                    result = fn(**kwargs, on_preview=on_preview, preview_fraction=preview_fraction)
+                events.put(("done", result))
+            except GenerationCancelled as err:
+                events.put(("cancelled", err))
+            except BaseException as err:  # noqa: BLE001 - handed to the UI thread
+                events.put(("error", err))
+
+        with self._flags_lock:
+            self._active.add(flag)
+        steps = int(kwargs.get("steps") or self.info.defaults["steps"])
+        iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
+        sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
+        expected = sampler_calls(sampler, steps) * iterations
+        thread = threading.Thread(target=work, name=f"iris-{task}", daemon=True)
+        start = time.perf_counter()
+        thread.start()
+        finished = False
+        try:
+            last_emit = -1e9
+            pending = None
+            count = 0
+            last = None
+            while True:
+                kind, payload = events.get()
+                if kind == "preview":
+                    count += 1
+                    last = payload
+                    if payload.image is not None:
+                        pending = payload.image
+                    now = time.perf_counter()
+                    if now - last_emit >= interval:
+                        yield self._preview_update(payload, count, expected, pending, now - start)
+                        pending = None
+                        last_emit = now
+                    continue
+                finished = True
+                elapsed = time.perf_counter() - start
+                if kind == "done":
+                    if record:
+                        self._record(payload, kwargs, steps, iterations, sampler)
+                    yield Update("done", label="done", progress=1.0, elapsed=elapsed, eta=0.0, result=payload,
+                                 previews=count)
+                elif kind == "cancelled":
+                    label = f"stopped at {last.label}" if last is not None else "stopped"
+                    yield Update("cancelled", label=label, progress=count / expected if expected else 0.0,
+                                 elapsed=elapsed, image=pending, previews=count)
+                else:
+                    raise payload
+                return
+        finally:
+            if not finished:  # the consumer went away (browser closed, generator closed): stop the worker
+                flag.set()
+            with self._flags_lock:
+                self._active.discard(flag)
+
+    def _preview_update(self, event: Any, count: int, expected: int, image: Any, elapsed: float) -> Update:
+        progress = count / expected if 0 < count <= expected else float(event.progress)
+        progress = min(max(progress, 1e-6), 1.0)
+        eta = elapsed * (1 - progress) / progress
+        if self._overhead is not None:
+            eta += self._overhead * 0.5
+        return Update("preview", label=event.label, progress=progress, elapsed=elapsed, eta=eta, image=image,
+                      previews=count)
+
+    # ------------------------------------------------------------------------------------------- speed
+    def _units(self, kwargs: dict[str, Any], guidance: float) -> float:
+        res = self.info.resolution
+        w = kwargs.get("width") or res
+        h = kwargs.get("height") or res
+        return (w * h / 1e6) * (2 if uses_cfg(guidance) else 1)
+
+    def _record(self, result: Any, kwargs: dict[str, Any], steps: int, iterations: int, sampler: str) -> None:
+        t = getattr(result, "timings", {}) or {}
+        sampling_s, total_s = t.get("sampling_s"), t.get("total_s")
+        params = getattr(result, "params", {}) or {}
+        if not sampling_s or result is None or params.get("task", "generate") != "generate":
+            return
+        guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
+        units = self._units({"width": params.get("width"), "height": params.get("height")}, guidance)
+        per_iter = sampling_s / (sampler_calls(sampler, steps) * iterations) / max(units, 1e-6)
+        overhead = max(0.0, (total_s or sampling_s) - sampling_s)
+        a = 0.5
+        self._iter_cost = per_iter if self._iter_cost is None else a * per_iter + (1 - a) * self._iter_cost
+        self._overhead = overhead if self._overhead is None else a * overhead + (1 - a) * self._overhead
+
+    def estimate(self, steps: int, iterations: int, guidance: float, width: int | None = None,
+                 height: int | None = None, sampler: str | None = None) -> float | None:
+        """Estimated seconds for a run, from measured speed; None before the first measurement."""
+        if self._iter_cost is None:
+            return None
+        units = self._units({"width": width, "height": height}, guidance)
+        calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
+        return calls * iterations * units * self._iter_cost + (self._overhead or 0.0)
+
+    def budget(self, steps: int, iterations: int, guidance: float, width: int | None = None,
+               height: int | None = None, sampler: str | None = None) -> dict[str, Any]:
+        """NFE, effective depth and estimated time of a budget."""
+        steps, iterations = int(steps), int(iterations)
+        calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
+        nfe = calls * (2 if uses_cfg(float(guidance)) else 1)
+        depth = self.pipe.effective_depth(iterations)
+        return {"nfe": nfe, "depth": depth, "seconds": self.estimate(steps, iterations, guidance, width, height,
+                                                                     sampler)}

@@ -1,0 +1,151 @@
+"""Studio settings: defaults, model and theme, persisted as JSON in the user config folder.
+
+The folder is platformdirs' `user_config_dir("iris-studio")`, or `$IRIS_STUDIO_CONFIG_DIR` when set (tests).
+A damaged or half-written file never stops the app: `load_settings` falls back to defaults (field by field
+where it can) and returns a one-line warning the UI shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+APP_NAME = "iris-studio"
+FILE_NAME = "settings.json"
+THEMES = ("soft", "default", "base", "glass", "monochrome", "ocean", "citrus", "origin")
+
+
+@dataclass
+class Settings:
+    """Everything the studio remembers between runs."""
+
+    model: str = "demo"  # "demo", a model folder, a hub id (owner/name) or a variant name (random weights)
+    device: str = "cpu"
+    theme: str = "soft"
+    # task defaults
+    negative_prompt: str = ""
+    steps: int = 4
+    iterations: int = 8
+    guidance: float = 3.0
+    width: int = 0  # 0: the model's native resolution
+    height: int = 0
+    live: bool = False
+    # previews: at most one image every `preview_interval_ms`; previews may cost `preview_cost` of run time
+    preview_interval_ms: int = 80
+    preview_cost: float = 0.25  # 0 means: render a preview after every core iteration, whatever it costs
+    # task extras
+    edit_strength: float = 0.6
+    upscale_strength: float = 0.4
+    mask_blur: int = 4
+    padding: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def updated(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (each coerced and checked as on load); unknown keys raise KeyError."""
+        data = self.to_dict()
+        for key in changes:
+            if key not in data:
+                raise KeyError(key)
+        data.update(changes)
+        settings, problems = from_dict(data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
+
+
+def config_dir() -> Path:
+    env = os.environ.get("IRIS_STUDIO_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def settings_path() -> Path:
+    return config_dir() / FILE_NAME
+
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 200), "iterations": (1, 64), "guidance": (0.0, 30.0), "width": (0, 2048), "height": (0, 2048),
+    "preview_interval_ms": (0, 5000), "preview_cost": (0.0, 1.0), "edit_strength": (0.0, 1.0),
+    "upscale_strength": (0.0, 1.0), "mask_blur": (0, 64), "padding": (0, 256),
+}
+
+
+def from_dict(data: Any) -> tuple[Settings, list[str]]:
+    """Settings from a parsed JSON object; bad or unknown fields are dropped with a note each."""
+    defaults = Settings()
+    if not isinstance(data, dict):
+        return defaults, [f"expected a JSON object, got {type(data).__name__}"]
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in dataclasses.fields(Settings):
+        if f.name not in data:
+            continue
+        default, value = getattr(defaults, f.name), data[f.name]
+        ok = True
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+            value = int(value) if ok else value
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        if ok and f.name in _LIMITS:
+            lo, hi = _LIMITS[f.name]
+            ok = lo <= value <= hi
+        if ok and f.name == "theme":
+            ok = value in THEMES
+        if ok:
+            values[f.name] = value
+        else:
+            problems.append(f"{f.name}={value!r} is not valid, using {default!r}")
+    return Settings(**values), problems
+
+
+def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]:
+    """(settings, warning). A missing file gives defaults silently; a damaged one gives defaults and a warning."""
+    path = Path(path) if path is not None else settings_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings(), None
+    except (OSError, UnicodeDecodeError) as err:
+        return Settings(), f"could not read settings file {path} ({err}); using defaults"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        return Settings(), f"settings file {path} is damaged ({err.msg} at line {err.lineno}); using defaults"
+    settings, problems = from_dict(data)
+    if problems and not isinstance(data, dict):
+        return settings, f"settings file {path} is damaged ({problems[0]}); using defaults"
+    if problems:
+        return settings, f"settings file {path}: " + "; ".join(problems)
+    return settings, None
+
+
+def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
+    """Write settings atomically (temp file + rename): a crash never leaves a half-written file."""
+    path = Path(path) if path is not None else settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(settings.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
