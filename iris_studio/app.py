@@ -1,0 +1,566 @@
+"""IRIS Studio: the Gradio app. `build_app(engine, settings, gallery)` makes the Blocks; `launch(...)` serves it.
+
+Every task tab streams: its handler is a generator yielding (preview, status, result, parameters) after each
+core iteration (throttled), and the final yield carries the saved result. Engine errors become `gr.Error`
+messages, never tracebacks. Named endpoints (api_name) for gradio_client are listed in iris_studio/README.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from . import metadata
+from .engine import TASKS, Engine, is_variant
+from .gallery import Gallery
+from .masks import binarize, editor_composite, editor_image, editor_mask, is_blank
+from .settings import THEMES, Settings, save_settings, settings_path
+from .tabs import (
+    CSS,
+    DEFAULT_CONTROL_KINDS,
+    IMAGE_TARGETS,
+    TASK_TITLES,
+    TaskTab,
+    idle_status,
+    status_html,
+    task_tab,
+)
+
+log = logging.getLogger("iris_studio")
+
+GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
+PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
+RUN_GROUP = "iris-run"  # every generation shares one concurrency slot
+IMAGE_INPUT_NAMES = {"generate": (), "inpaint": ("image", "mask"), "edit": ("image",), "upscale": ("image",),
+                     "control": ("control_image",)}
+MODEL_SOURCES = ("Bundled demo", "Local folder", "Hub id", "Random weights")
+MAX_SEED = 2**32 - 1
+
+
+def theme_object(name: str) -> Any:
+    return {
+        "soft": gr.themes.Soft, "default": gr.themes.Default, "base": gr.themes.Base, "glass": gr.themes.Glass,
+        "monochrome": gr.themes.Monochrome, "ocean": gr.themes.Ocean, "citrus": gr.themes.Citrus,
+        "origin": gr.themes.Origin,
+    }.get(name, gr.themes.Soft)()
+
+
+def user_error(err: BaseException) -> gr.Error:
+    """An engine error as a one-line message for the UI."""
+    from iris.errors import IrisError
+
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, IrisError):
+        return gr.Error(str(err))
+    log.exception("unexpected error in a handler", exc_info=err)
+    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console.")
+
+
+def control_kinds() -> tuple[str, ...]:
+    try:
+        from iris import control
+    except ImportError:
+        return DEFAULT_CONTROL_KINDS
+    kinds = getattr(control, "KINDS", None) or getattr(control, "CONTROL_KINDS", None)
+    return tuple(kinds) if kinds else DEFAULT_CONTROL_KINDS
+
+
+def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) -> Any:
+    """Give a *args handler a signature with these parameter names (they name the API's parameters)."""
+    defaults = defaults or {}
+    params = []
+    seen_default = False
+    for name in names:
+        if name in defaults or seen_default:
+            seen_default = True
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=defaults.get(name)))
+        else:
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    fn.__signature__ = inspect.Signature(params)
+    return fn
+
+
+class Studio:
+    """The app's state and handlers (the engine, settings and gallery it was built with)."""
+
+    def __init__(self, engine: Engine, settings: Settings, gallery: Gallery, *, settings_file: Path | None = None,
+                 warnings: list[str] | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.gallery = gallery
+        self.settings_file = Path(settings_file) if settings_file else settings_path()
+        self.warnings = [w for w in (warnings or []) if w]
+        if gallery.warning:
+            self.warnings.append(gallery.warning)
+        self.tabs: dict[str, TaskTab] = {}
+
+    # ------------------------------------------------------------------------------------- texts
+    def header_md(self) -> str:
+        info = self.engine.info
+        kind = "random weights" if info.random_weights else info.source
+        return (f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{info.name}</b> ({kind}) · "
+                f"{info.parameters / 1e6:.1f}M parameters · {info.resolution}px · {self.engine.device}</p></div>")
+
+    def notice_md(self) -> str:
+        parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [f"⚠️ {w}" for w in self.warnings]
+        return "\n\n".join(parts)
+
+    def budget_md(self, steps: Any, iterations: Any, guidance: Any, width: Any = None, height: Any = None,
+                  sampler: Any = None) -> str:
+        try:
+            b = self.engine.budget(int(steps), int(iterations), float(guidance), int(width or 0) or None,
+                                   int(height or 0) or None, sampler or None)
+        except (TypeError, ValueError):
+            return ""
+        seconds = b["seconds"]
+        est = f"≈ **{seconds:.1f} s**" if seconds is not None else "≈ ? s (measured after the first run)"
+        return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers · {est}"
+
+    # ---------------------------------------------------------------------------------- task runs
+    def task_kwargs(self, task: str, images: list[Any], c: dict[str, Any]) -> dict[str, Any]:
+        """Engine keyword arguments from the tab's values; raises gr.Error for missing inputs."""
+        seed = c.get("seed")
+        seed = random.randint(0, MAX_SEED) if seed is None or seed == "" or float(seed) < 0 else int(seed)
+        common = {
+            "prompt": c.get("prompt") or "", "negative_prompt": c.get("negative_prompt") or "", "seed": seed,
+            "guidance": c.get("guidance"), "steps": c.get("steps"), "iterations": c.get("iterations"),
+            "sampler": c.get("sampler") or None,
+        }
+        size = {"width": int(c.get("width") or 0) or None, "height": int(c.get("height") or 0) or None}
+        if task == "generate":
+            return {**common, **size}
+        if task == "inpaint":
+            editor, upload = images
+            image = editor_image(editor)
+            if image is None:
+                raise gr.Error("Upload an image to inpaint first.")
+            mask = binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
+            if mask is None or mask.getextrema()[1] == 0:
+                raise gr.Error("Paint the area to change on the image first (or upload a mask).")
+            return {**common, "image": image, "mask": mask, "mask_blur": int(c.get("mask_blur") or 0),
+                    "masked_only": bool(c.get("masked_only")), "padding": int(c.get("padding") or 0)}
+        if task in ("edit", "upscale"):
+            from iris.inputs import open_image
+
+            if images[0] is None:
+                raise gr.Error(f"Upload an image to {task} first.")
+            image = open_image(images[0])
+            if task == "edit":
+                return {**common, "image": image, "strength": float(c.get("strength"))}
+            return {**common, "image": image, "scale": int(c.get("scale") or 2),
+                    "strength": float(c.get("strength")), "tile": int(c.get("tile") or 512)}
+        if task == "control":
+            image = editor_composite(images[0])
+            if image is None or is_blank(image):
+                raise gr.Error("The control image is empty: upload an image or draw a scribble first.")
+            return {**common, **size, "control_image": image, "kind": c.get("kind"),
+                    "weight": float(c.get("weight")), "start": float(c.get("start")), "end": float(c.get("end")),
+                    "preprocess": bool(c.get("preprocess"))}
+        raise gr.Error(f"unknown task {task}")
+
+    def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None):
+        """The streaming handler body: yields (preview, status, result, params)."""
+        n = len(IMAGE_INPUT_NAMES[task])
+        images, controls = list(values[:n]), dict(zip(metadata.fields(task), values[n:]))
+        if seed_fallback is not None and (controls.get("seed") is None or float(controls["seed"]) < 0):
+            controls["seed"] = seed_fallback
+        try:
+            kwargs = self.task_kwargs(task, images, controls)
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+        skip = gr.skip()
+        yield skip, status_html(0.0, "Starting…"), skip, skip
+        interval = self.settings.preview_interval_ms / 1000.0
+        fraction = self.settings.preview_cost or None
+        try:
+            for up in self.engine.run(task, kwargs, interval=interval, preview_fraction=fraction):
+                if up.kind == "preview":
+                    eta = f" · ETA {up.eta:.1f} s" if up.eta is not None else ""
+                    text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s{eta}"
+                    yield (up.image if up.image is not None else skip), status_html(up.progress, text), skip, skip
+                elif up.kind == "done":
+                    result = up.result
+                    path = self.gallery.add(result.image, result.params)
+                    w, h = result.image.size
+                    text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {result.params.get('seed')} · saved {path.name}"
+                    yield skip, status_html(1.0, text, "done"), str(path), result.params
+                else:
+                    text = f"Stopped: {up.label} · {up.elapsed:.1f} s. Ready."
+                    yield (up.image if up.image is not None else skip), status_html(up.progress, text, "cancelled"), \
+                        skip, skip
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+
+    def runner(self, task: str) -> Any:
+        def run(*values: Any):
+            yield from self.run_task(task, values)
+
+        names = [*IMAGE_INPUT_NAMES[task], *metadata.fields(task)]
+        return _named(run, names)
+
+    def live_runner(self, task: str) -> Any:
+        def live_run(live: bool, params: Any, *values: Any):
+            if not live:
+                skip = gr.skip()
+                yield skip, skip, skip, skip
+                return
+            last = params.get("seed") if isinstance(params, dict) else None
+            yield from self.run_task(task, values, seed_fallback=last if isinstance(last, int) else None)
+
+        return live_run
+
+    def cancel_if_live(self, live: bool) -> None:
+        if live:
+            self.engine.cancel()
+
+    def stop(self) -> str:
+        return "stopping" if self.engine.cancel() else "idle"
+
+    # --------------------------------------------------------------------------------- small handlers
+    @staticmethod
+    def randomize() -> int:
+        return random.randint(0, MAX_SEED)
+
+    @staticmethod
+    def reuse(params: Any) -> Any:
+        if isinstance(params, dict) and isinstance(params.get("seed"), int):
+            return params["seed"]
+        gr.Warning("No previous run on this tab yet.")
+        return gr.skip()
+
+    def restore(self, task: str, path: Any) -> list[Any]:
+        params = metadata.read_png_params(path)
+        values = [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, task)]
+        if params and params.get("seed") is not None and "seed" in metadata.fields(task):
+            pass
+        return [*values, metadata.describe(params)]
+
+    def restorer(self, task: str) -> Any:
+        def restore(png: Any) -> list[Any]:
+            return self.restore(task, png)
+
+        return restore
+
+    def send(self, target: str, path: Any) -> tuple[Any, Any]:
+        if not path:
+            gr.Warning("Nothing to send yet: run the task first.")
+            return gr.skip(), gr.skip()
+        path = str(path)
+        value: Any = path
+        if target in ("inpaint", "control"):
+            value = {"background": path, "layers": [], "composite": path}
+        return value, gr.Tabs(selected=target)
+
+    def preprocess(self, image_value: Any, kind: str, preprocess: bool) -> Any:
+        image = editor_composite(image_value)
+        if image is None or is_blank(image):
+            return None
+        if not preprocess:
+            return image
+        try:
+            from iris.control import preprocess as run_preprocess
+        except ImportError:
+            return None
+        try:
+            return run_preprocess(kind, image)
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+
+    # ------------------------------------------------------------------------------------- gallery
+    def gallery_items(self) -> tuple[list[tuple[str, str]], list[str]]:
+        entries = self.gallery.entries(limit=200)
+        items = [(str(self.gallery.path_of(e)), f"{e.task} · {e.prompt[:40]}") for e in entries]
+        return items, [e.file for e in entries]
+
+    def gallery_list(self) -> list[dict[str, Any]]:
+        return [{**e.to_dict(), "path": str(self.gallery.path_of(e))} for e in self.gallery.entries()]
+
+    def gallery_select(self, files: list[str], evt: gr.SelectData) -> tuple[Any, Any, Any]:
+        index = evt.index if isinstance(evt.index, int) else (evt.index[0] if evt.index else 0)
+        if not files or index is None or index >= len(files):
+            return None, None, None
+        file = files[index]
+        path = self.gallery.folder / file
+        entry = next((e for e in self.gallery.entries() if e.file == file), None)
+        return str(path), (entry.params if entry else None), str(path)
+
+    def gallery_restore(self, params: Any) -> list[Any]:
+        outputs: list[Any] = []
+        task = params.get("task") if isinstance(params, dict) else None
+        if task not in TASKS:
+            gr.Warning("Select a result first.")
+        for t in TASKS:
+            n = len(metadata.fields(t))
+            if t == task:
+                outputs += [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, t)]
+            else:
+                outputs += [gr.skip()] * n
+        outputs.append(gr.Tabs(selected=task) if task in TASKS else gr.skip())
+        return outputs
+
+    # ------------------------------------------------------------------------------------ settings
+    def load_model(self, source: str, location: str, variant: str, device: str,
+                   progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str, Any]:
+        location = (location or "").strip()
+        if source == "Bundled demo":
+            spec = "demo"
+        elif source == "Random weights":
+            spec = variant or "nano"
+        else:
+            if not location:
+                raise gr.Error("Enter a model folder or a hub id (owner/name) first.")
+            spec = location
+            if source == "Local folder" and not Path(location).expanduser().exists():
+                raise gr.Error(f"No folder at {location}.")
+            if source == "Hub id" and is_variant(spec):
+                spec = location
+        progress(0.0, desc=f"Loading {spec}…")
+        try:
+            info = self.engine.load(spec, device or "cpu")
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+        self.settings = self.settings.updated(model=spec, device=device or "cpu")
+        try:
+            save_settings(self.settings, self.settings_file)
+        except OSError as err:
+            gr.Warning(f"Model loaded, but the settings could not be saved: {err}")
+        self.warnings = []
+        message = f"Loaded **{info.name}** from `{info.source}` ({info.parameters / 1e6:.1f}M parameters)."
+        notice = self.notice_md()
+        return message, self.header_md(), gr.Markdown(notice, visible=bool(notice))
+
+    def save_settings(self, negative_prompt: str, steps: float, iterations: float, guidance: float, width: float,
+                      height: float, live: bool, preview_interval_ms: float, preview_cost: float, theme: str,
+                      edit_strength: float, upscale_strength: float, mask_blur: float, padding: float) -> str:
+        try:
+            self.settings = self.settings.updated(
+                negative_prompt=negative_prompt or "", steps=int(steps), iterations=int(iterations),
+                guidance=float(guidance), width=int(width or 0), height=int(height or 0), live=bool(live),
+                preview_interval_ms=int(preview_interval_ms), preview_cost=float(preview_cost),
+                theme=theme if theme in THEMES else "soft", edit_strength=float(edit_strength),
+                upscale_strength=float(upscale_strength), mask_blur=int(mask_blur), padding=int(padding))
+            path = save_settings(self.settings, self.settings_file)
+        except (ValueError, TypeError, OSError) as err:
+            raise gr.Error(f"Settings not saved: {err}") from None
+        return f"Saved to `{path}`. New defaults apply to the tabs on the next start; the theme too."
+
+    def get_settings(self) -> dict[str, Any]:
+        return self.settings.to_dict()
+
+    # ---------------------------------------------------------------------------------------- build
+    def build(self) -> gr.Blocks:
+        info = self.engine.info
+        blocks_kwargs: dict[str, Any] = {"title": "IRIS Studio", "analytics_enabled": False}
+        if not GRADIO_6:
+            blocks_kwargs.update(theme=theme_object(self.settings.theme), css=CSS)
+        with gr.Blocks(**blocks_kwargs) as demo:
+            header = gr.HTML(self.header_md())
+            notice_text = self.notice_md()
+            notice = gr.Markdown(notice_text, visible=bool(notice_text), elem_classes=["iris-notice"],
+                                 elem_id="iris-notice")
+            with gr.Tabs(elem_id="iris-tabs") as tabs:
+                for task in TASKS:
+                    with gr.Tab(TASK_TITLES[task], id=task, elem_id=f"tab-{task}"):
+                        self.tabs[task] = task_tab(task, self.settings, info, control_kinds())
+                with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery"):
+                    g = self._gallery_tab()
+                with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
+                    s = self._settings_tab(info)
+            self._wire_tasks(demo, tabs, g)
+            self._wire_gallery(g, tabs)
+            self._wire_settings(s, header, notice)
+        return demo
+
+    def _gallery_tab(self) -> dict[str, Any]:
+        items, files = self.gallery_items()
+        g: dict[str, Any] = {}
+        with gr.Row():
+            g["refresh"] = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+            gr.Markdown(f"Results are saved in `{self.gallery.folder}`", elem_id="gallery-folder")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                g["gallery"] = gr.Gallery(value=items, columns=6, height=520, allow_preview=False,
+                                          object_fit="contain", label="Past results", elem_id="gallery")
+            with gr.Column(scale=2):
+                g["image"] = gr.Image(label="Selected", type="filepath", interactive=False, height=280)
+                g["params"] = gr.JSON(label="Parameters")
+                g["restore"] = gr.Button("Restore settings in its tab", variant="primary", size="sm")
+                with gr.Row():
+                    g["send"] = {t: gr.Button(f"→ {TASK_TITLES[t]}", size="sm") for t in IMAGE_TARGETS}
+        g["files"] = gr.State(files)
+        g["path"] = gr.State(None)
+        return g
+
+    def _settings_tab(self, info: Any) -> dict[str, Any]:
+        s: dict[str, Any] = {}
+        st = self.settings
+        spec = self.engine.spec
+        source = ("Bundled demo" if spec in ("demo", "") else "Random weights" if is_variant(spec)
+                  else "Local folder" if Path(spec).expanduser().exists() else "Hub id")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                gr.Markdown("### Model")
+                s["source"] = gr.Radio(list(MODEL_SOURCES), value=source, label="Source")
+                s["location"] = gr.Textbox(label="Folder or hub id (owner/name)",
+                                           value=spec if source in ("Local folder", "Hub id") else "",
+                                           placeholder="/path/to/model or owner/name")
+                with gr.Row():
+                    from iris import VARIANTS
+
+                    s["variant"] = gr.Dropdown(list(VARIANTS), value=spec if source == "Random weights" else "nano",
+                                               label="Variant (random weights)")
+                    s["device"] = gr.Dropdown(["cpu", "cuda", "mps"], value=self.engine.device, label="Device",
+                                              allow_custom_value=True)
+                s["load"] = gr.Button("Load model", variant="primary")
+                s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`")
+            with gr.Column():
+                gr.Markdown("### Defaults")
+                s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
+                with gr.Row():
+                    s["steps"] = gr.Slider(1, 50, value=st.steps, step=1, label="Steps")
+                    s["iterations"] = gr.Slider(1, 16, value=min(st.iterations, 16), step=1, label="Core iterations")
+                with gr.Row():
+                    s["guidance"] = gr.Slider(0.0, 15.0, value=st.guidance, step=0.5, label="Guidance")
+                    s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
+                with gr.Row():
+                    s["width"] = gr.Slider(0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)")
+                    s["height"] = gr.Slider(0, 1024, value=st.height, step=info.latent_factor,
+                                            label="Height (0 = model)")
+                with gr.Row():
+                    s["edit_strength"] = gr.Slider(0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength")
+                    s["upscale_strength"] = gr.Slider(0.0, 1.0, value=st.upscale_strength, step=0.05,
+                                                      label="Upscale strength")
+                with gr.Row():
+                    s["mask_blur"] = gr.Slider(0, 64, value=st.mask_blur, step=1, label="Mask blur")
+                    s["padding"] = gr.Slider(0, 256, value=st.padding, step=8, label="Inpaint padding")
+                with gr.Row():
+                    s["preview_interval_ms"] = gr.Slider(0, 1000, value=st.preview_interval_ms, step=10,
+                                                         label="Min. ms between previews")
+                    s["preview_cost"] = gr.Slider(0.0, 1.0, value=st.preview_cost, step=0.05,
+                                                  label="Preview cost cap (0 = every iteration)")
+                s["theme"] = gr.Dropdown(list(THEMES), value=st.theme, label="Theme (applies on restart)")
+                s["save"] = gr.Button("Save settings", variant="primary")
+                s["save_status"] = gr.Markdown(f"Settings file: `{self.settings_file}`")
+        return s
+
+    def _wire_tasks(self, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
+        for task, tab in self.tabs.items():
+            outputs = [tab.preview, tab.status, tab.result, tab.params]
+            inputs = tab.inputs()
+            budget_inputs = [tab.controls["steps"], tab.controls["iterations"], tab.controls["guidance"],
+                             tab.controls.get("width", tab.controls["steps"]) if "width" in tab.controls else None,
+                             tab.controls.get("height") if "height" in tab.controls else None,
+                             tab.controls["sampler"]]
+            budget_inputs = [c for c in budget_inputs if c is not None]
+            has_size = "width" in tab.controls
+
+            def budget_fn(steps, iterations, guidance, *rest, _size=has_size):
+                w, h = (rest[0], rest[1]) if _size else (None, None)
+                return self.budget_md(steps, iterations, guidance, w, h, rest[-1])
+
+            run_event = tab.run.click(
+                self.runner(task), inputs, outputs, api_name=task, concurrency_limit=1, concurrency_id=RUN_GROUP,
+                show_progress="hidden")
+            tab.prompt_submit = tab.controls["prompt"].submit(  # type: ignore[attr-defined]
+                self.runner(task), inputs, outputs, concurrency_limit=1, concurrency_id=RUN_GROUP,
+                show_progress="hidden", **PRIVATE)
+            for ev in (run_event, tab.prompt_submit):  # type: ignore[attr-defined]
+                ev.then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+                ev.then(budget_fn, budget_inputs, tab.budget, concurrency_limit=None, **PRIVATE)
+            tab.stop.click(self.stop, None, None, api_name="stop" if task == "generate" else None,
+                           concurrency_limit=None, queue=False, **({} if task == "generate" else PRIVATE))
+            tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
+            tab.reuse.click(self.reuse, tab.params, tab.controls["seed"], queue=False, **PRIVATE)
+            for comp in budget_inputs:
+                comp.change(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
+            demo.load(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
+            for slider in (tab.controls["iterations"], tab.controls["steps"]):
+                slider.release(self.cancel_if_live, tab.live, None, queue=False, **PRIVATE).then(
+                    self.live_runner(task), [tab.live, tab.params, *inputs], outputs, concurrency_limit=1,
+                    concurrency_id=RUN_GROUP, show_progress="hidden", trigger_mode="always_last", **PRIVATE,
+                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+            controls = [tab.controls[name] for name in metadata.fields(task)]
+            tab.restore_file.upload(self.restorer(task), tab.restore_file, [*controls, tab.restore_note],
+                                    api_name=f"restore_{task}", concurrency_limit=None)
+            for target, button in tab.send.items():
+                button.click(lambda path, _t=target: self.send(_t, path), tab.result,
+                             [self.tabs[target].images[0], tabs], queue=False, **PRIVATE)
+            if task == "inpaint":
+                editor = tab.images[0]
+                tab.extra["brush_size"].release(
+                    lambda size: gr.ImageEditor(brush=gr.Brush(default_size=int(size), colors=["#ffffff"],
+                                                               default_color="#ffffff", color_mode="fixed"),
+                                                eraser=gr.Eraser(default_size=int(size))),
+                    tab.extra["brush_size"], editor, queue=False, **PRIVATE)
+                tab.extra["clear"].click(
+                    lambda v: {"background": v.get("background"), "layers": [], "composite": v.get("background")}
+                    if isinstance(v, dict) and v.get("background") is not None else gr.skip(),
+                    editor, editor, queue=False, **PRIVATE)
+            if task == "control":
+                pre_inputs = [tab.images[0], tab.controls["kind"], tab.controls["preprocess"]]
+                preview = tab.extra["control_preview"]
+                tab.images[0].change(self.preprocess, pre_inputs, preview, concurrency_limit=None,
+                                     trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+                for comp in pre_inputs[1:]:
+                    comp.change(self.preprocess, pre_inputs, preview, concurrency_limit=None,
+                                show_progress="hidden", **PRIVATE)
+                gr.on([], None)  # no-op keeps ruff quiet about unused gr.on in older versions
+                tab.preprocess_api = gr.Button(visible=False).click(  # type: ignore[attr-defined]
+                    self.preprocess, pre_inputs, preview, api_name="preprocess", concurrency_limit=None)
+
+    def _wire_gallery(self, g: dict[str, Any], tabs: Any) -> None:
+        g["refresh"].click(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+        g["gallery"].select(self.gallery_select, g["files"], [g["image"], g["params"], g["path"]],
+                            concurrency_limit=None, **PRIVATE)
+        all_controls = [self.tabs[t].controls[name] for t in TASKS for name in metadata.fields(t)]
+        g["restore"].click(self.gallery_restore, g["params"], [*all_controls, tabs], queue=False, **PRIVATE)
+        for target, button in g["send"].items():
+            button.click(lambda path, _t=target: self.send(_t, path), g["path"],
+                         [self.tabs[target].images[0], tabs], queue=False, **PRIVATE)
+        gr.Button(visible=False).click(self.gallery_list, None, gr.JSON(visible=False), api_name="gallery",
+                                       concurrency_limit=None)
+
+    def _wire_settings(self, s: dict[str, Any], header: Any, notice: Any) -> None:
+        s["load"].click(self.load_model, [s["source"], s["location"], s["variant"], s["device"]],
+                        [s["model_status"], header, notice], api_name="load_model", concurrency_limit=1,
+                        concurrency_id=RUN_GROUP)
+        fields_in = [s[k] for k in ("negative_prompt", "steps", "iterations", "guidance", "width", "height", "live",
+                                    "preview_interval_ms", "preview_cost", "theme", "edit_strength",
+                                    "upscale_strength", "mask_blur", "padding")]
+        s["save"].click(self.save_settings, fields_in, s["save_status"], api_name="save_settings",
+                        concurrency_limit=None)
+        gr.Button(visible=False).click(self.get_settings, None, gr.JSON(visible=False), api_name="get_settings",
+                                       concurrency_limit=None)
+
+
+def build_app(engine: Engine, settings: Settings, gallery: Gallery | None = None, *,
+              settings_file: Path | None = None, warnings: list[str] | None = None) -> gr.Blocks:
+    """The studio as a gr.Blocks (not launched). The engine's model is loaded if it is not yet."""
+    studio = Studio(engine, settings, gallery or Gallery(), settings_file=settings_file, warnings=warnings)
+    demo = studio.build()
+    demo.studio = studio  # type: ignore[attr-defined]
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           auth: tuple[str, str] | None = None, inbrowser: bool = False, prevent_thread_lock: bool = False,
+           max_file_size: str = "25mb", quiet: bool = False) -> Any:
+    """Queue (one generation at a time, at most 20 waiting) and serve. Files are served from the output folder
+    only (and gradio's own cache)."""
+    studio: Studio = demo.studio  # type: ignore[attr-defined]
+    demo.queue(default_concurrency_limit=1, max_size=20)
+    kwargs: dict[str, Any] = dict(
+        server_name=host, server_port=port, share=share, auth=auth, inbrowser=inbrowser,
+        allowed_paths=[str(studio.gallery.folder)], max_file_size=max_file_size, show_error=True,
+        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False,
+    )
+    if GRADIO_6:
+        kwargs.update(theme=theme_object(studio.settings.theme), css=CSS)
+    return demo.launch(**kwargs)
