@@ -143,7 +143,7 @@ def sdedit(pipe: IrisPipeline, z_clean: torch.Tensor, noise: torch.Tensor, promp
 
 def _add_timings(total: dict[str, float], part: dict[str, float]) -> None:
     for k, v in part.items():
-        total[k] = total.get(k, 0.0) + v
+        total[k] = total.get(k, 0) + v
 
 
 def edit(

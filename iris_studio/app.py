@@ -1,4 +1,4 @@
-"""IRIS Studio: the Gradio app. `build_app(engine, settings, gallery)` makes the Blocks; `launch(...)` serves it.
+"""IRIS Studio, the Gradio app: `build_app(engine, settings, gallery)` makes the Blocks, `launch` serves it.
 
 Every task tab streams: its handler is a generator yielding (preview, status, result, parameters) after each
 core iteration (throttled), and the final yield carries the saved result. Engine errors become `gr.Error`
@@ -26,7 +26,6 @@ from .tabs import (
     IMAGE_TARGETS,
     TASK_TITLES,
     TaskTab,
-    idle_status,
     status_html,
     task_tab,
 )
@@ -36,16 +35,26 @@ log = logging.getLogger("iris_studio")
 GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
 PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
 RUN_GROUP = "iris-run"  # every generation shares one concurrency slot
-IMAGE_INPUT_NAMES = {"generate": (), "inpaint": ("image", "mask"), "edit": ("image",), "upscale": ("image",),
-                     "control": ("control_image",)}
+IMAGE_INPUT_NAMES = {
+    "generate": (),
+    "inpaint": ("image", "mask"),
+    "edit": ("image",),
+    "upscale": ("image",),
+    "control": ("control_image",),
+}
 MODEL_SOURCES = ("Bundled demo", "Local folder", "Hub id", "Random weights")
 MAX_SEED = 2**32 - 1
 
 
 def theme_object(name: str) -> Any:
     return {
-        "soft": gr.themes.Soft, "default": gr.themes.Default, "base": gr.themes.Base, "glass": gr.themes.Glass,
-        "monochrome": gr.themes.Monochrome, "ocean": gr.themes.Ocean, "citrus": gr.themes.Citrus,
+        "soft": gr.themes.Soft,
+        "default": gr.themes.Default,
+        "base": gr.themes.Base,
+        "glass": gr.themes.Glass,
+        "monochrome": gr.themes.Monochrome,
+        "ocean": gr.themes.Ocean,
+        "citrus": gr.themes.Citrus,
         "origin": gr.themes.Origin,
     }.get(name, gr.themes.Soft)()
 
@@ -59,7 +68,9 @@ def user_error(err: BaseException) -> gr.Error:
     if isinstance(err, IrisError):
         return gr.Error(str(err))
     log.exception("unexpected error in a handler", exc_info=err)
-    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console.")
+    return gr.Error(
+        f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console."
+    )
 
 
 def control_kinds() -> tuple[str, ...]:
@@ -67,7 +78,7 @@ def control_kinds() -> tuple[str, ...]:
         from iris import control
     except ImportError:
         return DEFAULT_CONTROL_KINDS
-    kinds = getattr(control, "KINDS", None) or getattr(control, "CONTROL_KINDS", None)
+    kinds = getattr(control, "CONTROL_KINDS", None)
     return tuple(kinds) if kinds else DEFAULT_CONTROL_KINDS
 
 
@@ -79,8 +90,9 @@ def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) ->
     for name in names:
         if name in defaults or seen_default:
             seen_default = True
-            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                            default=defaults.get(name)))
+            params.append(
+                inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(name))
+            )
         else:
             params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
     fn.__signature__ = inspect.Signature(params)
@@ -90,8 +102,15 @@ def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) ->
 class Studio:
     """The app's state and handlers (the engine, settings and gallery it was built with)."""
 
-    def __init__(self, engine: Engine, settings: Settings, gallery: Gallery, *, settings_file: Path | None = None,
-                 warnings: list[str] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        gallery: Gallery,
+        *,
+        settings_file: Path | None = None,
+        warnings: list[str] | None = None,
+    ):
         self.engine = engine
         self.settings = settings
         self.gallery = gallery
@@ -105,18 +124,35 @@ class Studio:
     def header_md(self) -> str:
         info = self.engine.info
         kind = "random weights" if info.random_weights else info.source
-        return (f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{info.name}</b> ({kind}) · "
-                f"{info.parameters / 1e6:.1f}M parameters · {info.resolution}px · {self.engine.device}</p></div>")
+        return (
+            f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{info.name}</b> ({kind}) · "
+            f"{info.parameters / 1e6:.1f}M parameters · {info.resolution}px · {self.engine.device}</p></div>"
+        )
 
     def notice_md(self) -> str:
-        parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [f"⚠️ {w}" for w in self.warnings]
+        parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [
+            f"⚠️ {w}" for w in self.warnings
+        ]
         return "\n\n".join(parts)
 
-    def budget_md(self, steps: Any, iterations: Any, guidance: Any, width: Any = None, height: Any = None,
-                  sampler: Any = None) -> str:
+    def budget_md(
+        self,
+        steps: Any,
+        iterations: Any,
+        guidance: Any,
+        width: Any = None,
+        height: Any = None,
+        sampler: Any = None,
+    ) -> str:
         try:
-            b = self.engine.budget(int(steps), int(iterations), float(guidance), int(width or 0) or None,
-                                   int(height or 0) or None, sampler or None)
+            b = self.engine.budget(
+                int(steps),
+                int(iterations),
+                float(guidance),
+                int(width or 0) or None,
+                int(height or 0) or None,
+                sampler or None,
+            )
         except (TypeError, ValueError):
             return ""
         seconds = b["seconds"]
@@ -129,8 +165,12 @@ class Studio:
         seed = c.get("seed")
         seed = random.randint(0, MAX_SEED) if seed is None or seed == "" or float(seed) < 0 else int(seed)
         common = {
-            "prompt": c.get("prompt") or "", "negative_prompt": c.get("negative_prompt") or "", "seed": seed,
-            "guidance": c.get("guidance"), "steps": c.get("steps"), "iterations": c.get("iterations"),
+            "prompt": c.get("prompt") or "",
+            "negative_prompt": c.get("negative_prompt") or "",
+            "seed": seed,
+            "guidance": c.get("guidance"),
+            "steps": c.get("steps"),
+            "iterations": c.get("iterations"),
             "sampler": c.get("sampler") or None,
         }
         size = {"width": int(c.get("width") or 0) or None, "height": int(c.get("height") or 0) or None}
@@ -144,8 +184,14 @@ class Studio:
             mask = binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
             if mask is None or mask.getextrema()[1] == 0:
                 raise gr.Error("Paint the area to change on the image first (or upload a mask).")
-            return {**common, "image": image, "mask": mask, "mask_blur": int(c.get("mask_blur") or 0),
-                    "masked_only": bool(c.get("masked_only")), "padding": int(c.get("padding") or 0)}
+            return {
+                **common,
+                "image": image,
+                "mask": mask,
+                "mask_blur": int(c.get("mask_blur") or 0),
+                "masked_only": bool(c.get("masked_only")),
+                "padding": int(c.get("padding") or 0),
+            }
         if task in ("edit", "upscale"):
             from iris.inputs import open_image
 
@@ -154,15 +200,27 @@ class Studio:
             image = open_image(images[0])
             if task == "edit":
                 return {**common, "image": image, "strength": float(c.get("strength"))}
-            return {**common, "image": image, "scale": int(c.get("scale") or 2),
-                    "strength": float(c.get("strength")), "tile": int(c.get("tile") or 512)}
+            return {
+                **common,
+                "image": image,
+                "scale": int(c.get("scale") or 2),
+                "strength": float(c.get("strength")),
+                "tile": int(c.get("tile") or 512),
+            }
         if task == "control":
             image = editor_composite(images[0])
             if image is None or is_blank(image):
                 raise gr.Error("The control image is empty: upload an image or draw a scribble first.")
-            return {**common, **size, "control_image": image, "kind": c.get("kind"),
-                    "weight": float(c.get("weight")), "start": float(c.get("start")), "end": float(c.get("end")),
-                    "preprocess": bool(c.get("preprocess"))}
+            return {
+                **common,
+                **size,
+                "control_image": image,
+                "kind": c.get("kind"),
+                "weight": float(c.get("weight")),
+                "start": float(c.get("start")),
+                "end": float(c.get("end")),
+                "preprocess": bool(c.get("preprocess")),
+            }
         raise gr.Error(f"unknown task {task}")
 
     def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None):
@@ -184,17 +242,27 @@ class Studio:
                 if up.kind == "preview":
                     eta = f" · ETA {up.eta:.1f} s" if up.eta is not None else ""
                     text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s{eta}"
-                    yield (up.image if up.image is not None else skip), status_html(up.progress, text), skip, skip
+                    yield (
+                        (up.image if up.image is not None else skip),
+                        status_html(up.progress, text),
+                        skip,
+                        skip,
+                    )
                 elif up.kind == "done":
                     result = up.result
                     path = self.gallery.add(result.image, result.params)
                     w, h = result.image.size
-                    text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {result.params.get('seed')} · saved {path.name}"
+                    seed = result.params.get("seed")
+                    text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
                     yield skip, status_html(1.0, text, "done"), str(path), result.params
                 else:
-                    text = f"Stopped: {up.label} · {up.elapsed:.1f} s. Ready."
-                    yield (up.image if up.image is not None else skip), status_html(up.progress, text, "cancelled"), \
-                        skip, skip
+                    text = f"Stopped at {up.label} after {up.elapsed:.1f} s. Ready."
+                    yield (
+                        (up.image if up.image is not None else skip),
+                        status_html(up.progress, text, "cancelled"),
+                        skip,
+                        skip,
+                    )
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
 
@@ -238,8 +306,6 @@ class Studio:
     def restore(self, task: str, path: Any) -> list[Any]:
         params = metadata.read_png_params(path)
         values = [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, task)]
-        if params and params.get("seed") is not None and "seed" in metadata.fields(task):
-            pass
         return [*values, metadata.describe(params)]
 
     def restorer(self, task: str) -> Any:
@@ -258,8 +324,19 @@ class Studio:
             value = {"background": path, "layers": [], "composite": path}
         return value, gr.Tabs(selected=target)
 
-    def preprocess(self, image_value: Any, kind: str, preprocess: bool) -> Any:
-        image = editor_composite(image_value)
+    @staticmethod
+    def mask_preview(editor: Any, upload: Any) -> Any:
+        """The black/white mask an inpaint run uses, shown beside its result."""
+        try:
+            image = editor_image(editor)
+            if image is None:
+                return None
+            return binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
+        except Exception:  # noqa: BLE001 - a preview only; the run reports errors
+            return None
+
+    def preprocess(self, control_image: Any, kind: str, preprocess: bool) -> Any:
+        image = editor_composite(control_image)
         if image is None or is_blank(image):
             return None
         if not preprocess:
@@ -279,8 +356,9 @@ class Studio:
         items = [(str(self.gallery.path_of(e)), f"{e.task} · {e.prompt[:40]}") for e in entries]
         return items, [e.file for e in entries]
 
-    def gallery_list(self) -> list[dict[str, Any]]:
-        return [{**e.to_dict(), "path": str(self.gallery.path_of(e))} for e in self.gallery.entries()]
+    def gallery_list(self) -> dict[str, Any]:
+        """The output folder and its entries (newest first; `file` is relative to the folder)."""
+        return {"folder": str(self.gallery.folder), "entries": [e.to_dict() for e in self.gallery.entries()]}
 
     def gallery_select(self, files: list[str], evt: gr.SelectData) -> tuple[Any, Any, Any]:
         index = evt.index if isinstance(evt.index, int) else (evt.index[0] if evt.index else 0)
@@ -299,15 +377,23 @@ class Studio:
         for t in TASKS:
             n = len(metadata.fields(t))
             if t == task:
-                outputs += [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, t)]
+                outputs += [
+                    gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, t)
+                ]
             else:
                 outputs += [gr.skip()] * n
         outputs.append(gr.Tabs(selected=task) if task in TASKS else gr.skip())
         return outputs
 
     # ------------------------------------------------------------------------------------ settings
-    def load_model(self, source: str, location: str, variant: str, device: str,
-                   progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str, Any]:
+    def load_model(
+        self,
+        source: str,
+        location: str,
+        variant: str,
+        device: str,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple[Any, ...]:
         location = (location or "").strip()
         if source == "Bundled demo":
             spec = "demo"
@@ -334,18 +420,57 @@ class Studio:
         self.warnings = []
         message = f"Loaded **{info.name}** from `{info.source}` ({info.parameters / 1e6:.1f}M parameters)."
         notice = self.notice_md()
-        return message, self.header_md(), gr.Markdown(notice, visible=bool(notice))
+        kinds = info.control_kinds or list(control_kinds())
+        note = (
+            ""
+            if info.control_kinds
+            else (
+                "⚠️ This model has no control adapters; Control needs a model "
+                "trained with them (the preprocessor preview still works)."
+            )
+        )
+        return (
+            message,
+            self.header_md(),
+            gr.Markdown(notice, visible=bool(notice)),
+            gr.Dropdown(choices=kinds, value=kinds[0]),
+            note,
+        )
 
-    def save_settings(self, negative_prompt: str, steps: float, iterations: float, guidance: float, width: float,
-                      height: float, live: bool, preview_interval_ms: float, preview_cost: float, theme: str,
-                      edit_strength: float, upscale_strength: float, mask_blur: float, padding: float) -> str:
+    def save_settings(
+        self,
+        negative_prompt: str,
+        steps: float,
+        iterations: float,
+        guidance: float,
+        width: float,
+        height: float,
+        live: bool,
+        preview_interval_ms: float,
+        preview_cost: float,
+        theme: str,
+        edit_strength: float,
+        upscale_strength: float,
+        mask_blur: float,
+        padding: float,
+    ) -> str:
         try:
             self.settings = self.settings.updated(
-                negative_prompt=negative_prompt or "", steps=int(steps), iterations=int(iterations),
-                guidance=float(guidance), width=int(width or 0), height=int(height or 0), live=bool(live),
-                preview_interval_ms=int(preview_interval_ms), preview_cost=float(preview_cost),
-                theme=theme if theme in THEMES else "soft", edit_strength=float(edit_strength),
-                upscale_strength=float(upscale_strength), mask_blur=int(mask_blur), padding=int(padding))
+                negative_prompt=negative_prompt or "",
+                steps=int(steps),
+                iterations=int(iterations),
+                guidance=float(guidance),
+                width=int(width or 0),
+                height=int(height or 0),
+                live=bool(live),
+                preview_interval_ms=int(preview_interval_ms),
+                preview_cost=float(preview_cost),
+                theme=theme if theme in THEMES else "soft",
+                edit_strength=float(edit_strength),
+                upscale_strength=float(upscale_strength),
+                mask_blur=int(mask_blur),
+                padding=int(padding),
+            )
             path = save_settings(self.settings, self.settings_file)
         except (ValueError, TypeError, OSError) as err:
             raise gr.Error(f"Settings not saved: {err}") from None
@@ -363,8 +488,9 @@ class Studio:
         with gr.Blocks(**blocks_kwargs) as demo:
             header = gr.HTML(self.header_md())
             notice_text = self.notice_md()
-            notice = gr.Markdown(notice_text, visible=bool(notice_text), elem_classes=["iris-notice"],
-                                 elem_id="iris-notice")
+            notice = gr.Markdown(
+                notice_text, visible=bool(notice_text), elem_classes=["iris-notice"], elem_id="iris-notice"
+            )
             with gr.Tabs(elem_id="iris-tabs") as tabs:
                 for task in TASKS:
                     with gr.Tab(TASK_TITLES[task], id=task, elem_id=f"tab-{task}"):
@@ -386,8 +512,15 @@ class Studio:
             gr.Markdown(f"Results are saved in `{self.gallery.folder}`", elem_id="gallery-folder")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                g["gallery"] = gr.Gallery(value=items, columns=6, height=520, allow_preview=False,
-                                          object_fit="contain", label="Past results", elem_id="gallery")
+                g["gallery"] = gr.Gallery(
+                    value=items,
+                    columns=6,
+                    height=520,
+                    allow_preview=False,
+                    object_fit="contain",
+                    label="Past results",
+                    elem_id="gallery",
+                )
             with gr.Column(scale=2):
                 g["image"] = gr.Image(label="Selected", type="filepath", interactive=False, height=280)
                 g["params"] = gr.JSON(label="Parameters")
@@ -402,22 +535,38 @@ class Studio:
         s: dict[str, Any] = {}
         st = self.settings
         spec = self.engine.spec
-        source = ("Bundled demo" if spec in ("demo", "") else "Random weights" if is_variant(spec)
-                  else "Local folder" if Path(spec).expanduser().exists() else "Hub id")
+        source = (
+            "Bundled demo"
+            if spec in ("demo", "")
+            else "Random weights"
+            if is_variant(spec)
+            else "Local folder"
+            if Path(spec).expanduser().exists()
+            else "Hub id"
+        )
         with gr.Row(equal_height=False):
             with gr.Column():
                 gr.Markdown("### Model")
                 s["source"] = gr.Radio(list(MODEL_SOURCES), value=source, label="Source")
-                s["location"] = gr.Textbox(label="Folder or hub id (owner/name)",
-                                           value=spec if source in ("Local folder", "Hub id") else "",
-                                           placeholder="/path/to/model or owner/name")
+                s["location"] = gr.Textbox(
+                    label="Folder or hub id (owner/name)",
+                    value=spec if source in ("Local folder", "Hub id") else "",
+                    placeholder="/path/to/model or owner/name",
+                )
                 with gr.Row():
                     from iris import VARIANTS
 
-                    s["variant"] = gr.Dropdown(list(VARIANTS), value=spec if source == "Random weights" else "nano",
-                                               label="Variant (random weights)")
-                    s["device"] = gr.Dropdown(["cpu", "cuda", "mps"], value=self.engine.device, label="Device",
-                                              allow_custom_value=True)
+                    s["variant"] = gr.Dropdown(
+                        list(VARIANTS),
+                        value=spec if source == "Random weights" else "nano",
+                        label="Variant (random weights)",
+                    )
+                    s["device"] = gr.Dropdown(
+                        ["cpu", "cuda", "mps"],
+                        value=self.engine.device,
+                        label="Device",
+                        allow_custom_value=True,
+                    )
                 s["load"] = gr.Button("Load model", variant="primary")
                 s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`")
             with gr.Column():
@@ -425,26 +574,40 @@ class Studio:
                 s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
                 with gr.Row():
                     s["steps"] = gr.Slider(1, 50, value=st.steps, step=1, label="Steps")
-                    s["iterations"] = gr.Slider(1, 16, value=min(st.iterations, 16), step=1, label="Core iterations")
+                    s["iterations"] = gr.Slider(
+                        1, 16, value=min(st.iterations, 16), step=1, label="Core iterations"
+                    )
                 with gr.Row():
                     s["guidance"] = gr.Slider(0.0, 15.0, value=st.guidance, step=0.5, label="Guidance")
                     s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
                 with gr.Row():
-                    s["width"] = gr.Slider(0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)")
-                    s["height"] = gr.Slider(0, 1024, value=st.height, step=info.latent_factor,
-                                            label="Height (0 = model)")
+                    s["width"] = gr.Slider(
+                        0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)"
+                    )
+                    s["height"] = gr.Slider(
+                        0, 1024, value=st.height, step=info.latent_factor, label="Height (0 = model)"
+                    )
                 with gr.Row():
-                    s["edit_strength"] = gr.Slider(0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength")
-                    s["upscale_strength"] = gr.Slider(0.0, 1.0, value=st.upscale_strength, step=0.05,
-                                                      label="Upscale strength")
+                    s["edit_strength"] = gr.Slider(
+                        0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength"
+                    )
+                    s["upscale_strength"] = gr.Slider(
+                        0.0, 1.0, value=st.upscale_strength, step=0.05, label="Upscale strength"
+                    )
                 with gr.Row():
                     s["mask_blur"] = gr.Slider(0, 64, value=st.mask_blur, step=1, label="Mask blur")
                     s["padding"] = gr.Slider(0, 256, value=st.padding, step=8, label="Inpaint padding")
                 with gr.Row():
-                    s["preview_interval_ms"] = gr.Slider(0, 1000, value=st.preview_interval_ms, step=10,
-                                                         label="Min. ms between previews")
-                    s["preview_cost"] = gr.Slider(0.0, 1.0, value=st.preview_cost, step=0.05,
-                                                  label="Preview cost cap (0 = every iteration)")
+                    s["preview_interval_ms"] = gr.Slider(
+                        0, 1000, value=st.preview_interval_ms, step=10, label="Min. ms between previews"
+                    )
+                    s["preview_cost"] = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=st.preview_cost,
+                        step=0.05,
+                        label="Preview cost cap (0 = every iteration)",
+                    )
                 s["theme"] = gr.Dropdown(list(THEMES), value=st.theme, label="Theme (applies on restart)")
                 s["save"] = gr.Button("Save settings", variant="primary")
                 s["save_status"] = gr.Markdown(f"Settings file: `{self.settings_file}`")
@@ -454,28 +617,49 @@ class Studio:
         for task, tab in self.tabs.items():
             outputs = [tab.preview, tab.status, tab.result, tab.params]
             inputs = tab.inputs()
-            budget_inputs = [tab.controls["steps"], tab.controls["iterations"], tab.controls["guidance"],
-                             tab.controls.get("width", tab.controls["steps"]) if "width" in tab.controls else None,
-                             tab.controls.get("height") if "height" in tab.controls else None,
-                             tab.controls["sampler"]]
-            budget_inputs = [c for c in budget_inputs if c is not None]
             has_size = "width" in tab.controls
+            budget_inputs = [
+                tab.controls[k]
+                for k in ("steps", "iterations", "guidance", "width", "height", "sampler")
+                if k in tab.controls
+            ]
 
             def budget_fn(steps, iterations, guidance, *rest, _size=has_size):
                 w, h = (rest[0], rest[1]) if _size else (None, None)
                 return self.budget_md(steps, iterations, guidance, w, h, rest[-1])
 
             run_event = tab.run.click(
-                self.runner(task), inputs, outputs, api_name=task, concurrency_limit=1, concurrency_id=RUN_GROUP,
-                show_progress="hidden")
-            tab.prompt_submit = tab.controls["prompt"].submit(  # type: ignore[attr-defined]
-                self.runner(task), inputs, outputs, concurrency_limit=1, concurrency_id=RUN_GROUP,
-                show_progress="hidden", **PRIVATE)
-            for ev in (run_event, tab.prompt_submit):  # type: ignore[attr-defined]
-                ev.then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+                self.runner(task),
+                inputs,
+                outputs,
+                api_name=task,
+                concurrency_limit=1,
+                concurrency_id=RUN_GROUP,
+                show_progress="hidden",
+            )
+            submit_event = tab.controls["prompt"].submit(
+                self.runner(task),
+                inputs,
+                outputs,
+                concurrency_limit=1,
+                concurrency_id=RUN_GROUP,
+                show_progress="hidden",
+                **PRIVATE,
+            )
+            for ev in (run_event, submit_event):
+                ev.then(
+                    self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
+                )
                 ev.then(budget_fn, budget_inputs, tab.budget, concurrency_limit=None, **PRIVATE)
-            tab.stop.click(self.stop, None, None, api_name="stop" if task == "generate" else None,
-                           concurrency_limit=None, queue=False, **({} if task == "generate" else PRIVATE))
+            tab.stop.click(
+                self.stop,
+                None,
+                None,
+                api_name="stop" if task == "generate" else None,
+                concurrency_limit=None,
+                queue=False,
+                **({} if task == "generate" else PRIVATE),
+            )
             tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
             tab.reuse.click(self.reuse, tab.params, tab.controls["seed"], queue=False, **PRIVATE)
             for comp in budget_inputs:
@@ -483,83 +667,200 @@ class Studio:
             demo.load(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
             for slider in (tab.controls["iterations"], tab.controls["steps"]):
                 slider.release(self.cancel_if_live, tab.live, None, queue=False, **PRIVATE).then(
-                    self.live_runner(task), [tab.live, tab.params, *inputs], outputs, concurrency_limit=1,
-                    concurrency_id=RUN_GROUP, show_progress="hidden", trigger_mode="always_last", **PRIVATE,
-                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+                    self.live_runner(task),
+                    [tab.live, tab.params, *inputs],
+                    outputs,
+                    concurrency_limit=1,
+                    concurrency_id=RUN_GROUP,
+                    show_progress="hidden",
+                    trigger_mode="always_last",
+                    **PRIVATE,
+                ).then(
+                    self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
+                )
             controls = [tab.controls[name] for name in metadata.fields(task)]
-            tab.restore_file.upload(self.restorer(task), tab.restore_file, [*controls, tab.restore_note],
-                                    api_name=f"restore_{task}", concurrency_limit=None)
+            tab.restore_file.upload(
+                self.restorer(task),
+                tab.restore_file,
+                [*controls, tab.restore_note],
+                api_name=f"restore_{task}",
+                concurrency_limit=None,
+            )
             for target, button in tab.send.items():
-                button.click(lambda path, _t=target: self.send(_t, path), tab.result,
-                             [self.tabs[target].images[0], tabs], queue=False, **PRIVATE)
+                button.click(
+                    lambda path, _t=target: self.send(_t, path),
+                    tab.result,
+                    [self.tabs[target].images[0], tabs],
+                    queue=False,
+                    **PRIVATE,
+                )
             if task == "inpaint":
                 editor = tab.images[0]
+                for trigger in (tab.run.click, tab.controls["prompt"].submit):
+                    trigger(self.mask_preview, tab.images, tab.extra["mask_view"], queue=False, **PRIVATE)
                 tab.extra["brush_size"].release(
-                    lambda size: gr.ImageEditor(brush=gr.Brush(default_size=int(size), colors=["#ffffff"],
-                                                               default_color="#ffffff", color_mode="fixed"),
-                                                eraser=gr.Eraser(default_size=int(size))),
-                    tab.extra["brush_size"], editor, queue=False, **PRIVATE)
+                    lambda size: gr.ImageEditor(
+                        brush=gr.Brush(
+                            default_size=int(size),
+                            colors=["#ffffff"],
+                            default_color="#ffffff",
+                            color_mode="fixed",
+                        ),
+                        eraser=gr.Eraser(default_size=int(size)),
+                    ),
+                    tab.extra["brush_size"],
+                    editor,
+                    queue=False,
+                    **PRIVATE,
+                )
                 tab.extra["clear"].click(
-                    lambda v: {"background": v.get("background"), "layers": [], "composite": v.get("background")}
-                    if isinstance(v, dict) and v.get("background") is not None else gr.skip(),
-                    editor, editor, queue=False, **PRIVATE)
+                    lambda v: (
+                        {"background": v.get("background"), "layers": [], "composite": v.get("background")}
+                        if isinstance(v, dict) and v.get("background") is not None
+                        else gr.skip()
+                    ),
+                    editor,
+                    editor,
+                    queue=False,
+                    **PRIVATE,
+                )
             if task == "control":
                 pre_inputs = [tab.images[0], tab.controls["kind"], tab.controls["preprocess"]]
                 preview = tab.extra["control_preview"]
-                tab.images[0].change(self.preprocess, pre_inputs, preview, concurrency_limit=None,
-                                     trigger_mode="always_last", show_progress="hidden", **PRIVATE)
+                gr.Button(visible=False).click(
+                    self.preprocess, pre_inputs, preview, api_name="preprocess", concurrency_limit=None
+                )
+                tab.images[0].change(
+                    self.preprocess,
+                    pre_inputs,
+                    preview,
+                    concurrency_limit=None,
+                    trigger_mode="always_last",
+                    show_progress="hidden",
+                    **PRIVATE,
+                )
                 for comp in pre_inputs[1:]:
-                    comp.change(self.preprocess, pre_inputs, preview, concurrency_limit=None,
-                                show_progress="hidden", **PRIVATE)
-                gr.on([], None)  # no-op keeps ruff quiet about unused gr.on in older versions
-                tab.preprocess_api = gr.Button(visible=False).click(  # type: ignore[attr-defined]
-                    self.preprocess, pre_inputs, preview, api_name="preprocess", concurrency_limit=None)
+                    comp.change(
+                        self.preprocess,
+                        pre_inputs,
+                        preview,
+                        concurrency_limit=None,
+                        show_progress="hidden",
+                        **PRIVATE,
+                    )
 
     def _wire_gallery(self, g: dict[str, Any], tabs: Any) -> None:
-        g["refresh"].click(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
-        g["gallery"].select(self.gallery_select, g["files"], [g["image"], g["params"], g["path"]],
-                            concurrency_limit=None, **PRIVATE)
+        g["refresh"].click(
+            self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
+        )
+        g["gallery"].select(
+            self.gallery_select,
+            g["files"],
+            [g["image"], g["params"], g["path"]],
+            concurrency_limit=None,
+            **PRIVATE,
+        )
         all_controls = [self.tabs[t].controls[name] for t in TASKS for name in metadata.fields(t)]
         g["restore"].click(self.gallery_restore, g["params"], [*all_controls, tabs], queue=False, **PRIVATE)
         for target, button in g["send"].items():
-            button.click(lambda path, _t=target: self.send(_t, path), g["path"],
-                         [self.tabs[target].images[0], tabs], queue=False, **PRIVATE)
-        gr.Button(visible=False).click(self.gallery_list, None, gr.JSON(visible=False), api_name="gallery",
-                                       concurrency_limit=None)
+            button.click(
+                lambda path, _t=target: self.send(_t, path),
+                g["path"],
+                [self.tabs[target].images[0], tabs],
+                queue=False,
+                **PRIVATE,
+            )
+        gr.api(self.gallery_list, api_name="gallery", concurrency_limit=None)
 
     def _wire_settings(self, s: dict[str, Any], header: Any, notice: Any) -> None:
-        s["load"].click(self.load_model, [s["source"], s["location"], s["variant"], s["device"]],
-                        [s["model_status"], header, notice], api_name="load_model", concurrency_limit=1,
-                        concurrency_id=RUN_GROUP)
-        fields_in = [s[k] for k in ("negative_prompt", "steps", "iterations", "guidance", "width", "height", "live",
-                                    "preview_interval_ms", "preview_cost", "theme", "edit_strength",
-                                    "upscale_strength", "mask_blur", "padding")]
-        s["save"].click(self.save_settings, fields_in, s["save_status"], api_name="save_settings",
-                        concurrency_limit=None)
-        gr.Button(visible=False).click(self.get_settings, None, gr.JSON(visible=False), api_name="get_settings",
-                                       concurrency_limit=None)
+        s["load"].click(
+            self.load_model,
+            [s["source"], s["location"], s["variant"], s["device"]],
+            [
+                s["model_status"],
+                header,
+                notice,
+                self.tabs["control"].controls["kind"],
+                self.tabs["control"].extra["control_note"],
+            ],
+            api_name="load_model",
+            concurrency_limit=1,
+            concurrency_id=RUN_GROUP,
+        )
+        fields_in = [
+            s[k]
+            for k in (
+                "negative_prompt",
+                "steps",
+                "iterations",
+                "guidance",
+                "width",
+                "height",
+                "live",
+                "preview_interval_ms",
+                "preview_cost",
+                "theme",
+                "edit_strength",
+                "upscale_strength",
+                "mask_blur",
+                "padding",
+            )
+        ]
+        s["save"].click(
+            self.save_settings, fields_in, s["save_status"], api_name="save_settings", concurrency_limit=None
+        )
+        gr.api(self.get_settings, api_name="get_settings", concurrency_limit=None)
 
 
-def build_app(engine: Engine, settings: Settings, gallery: Gallery | None = None, *,
-              settings_file: Path | None = None, warnings: list[str] | None = None) -> gr.Blocks:
+def build_app(
+    engine: Engine,
+    settings: Settings,
+    gallery: Gallery | None = None,
+    *,
+    settings_file: Path | None = None,
+    warnings: list[str] | None = None,
+) -> gr.Blocks:
     """The studio as a gr.Blocks (not launched). The engine's model is loaded if it is not yet."""
-    studio = Studio(engine, settings, gallery or Gallery(), settings_file=settings_file, warnings=warnings)
+    studio = Studio(
+        engine,
+        settings,
+        gallery if gallery is not None else Gallery(),
+        settings_file=settings_file,
+        warnings=warnings,
+    )
     demo = studio.build()
     demo.studio = studio  # type: ignore[attr-defined]
     return demo
 
 
-def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
-           auth: tuple[str, str] | None = None, inbrowser: bool = False, prevent_thread_lock: bool = False,
-           max_file_size: str = "25mb", quiet: bool = False) -> Any:
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    auth: tuple[str, str] | None = None,
+    inbrowser: bool = False,
+    prevent_thread_lock: bool = False,
+    max_file_size: str = "25mb",
+    quiet: bool = False,
+) -> Any:
     """Queue (one generation at a time, at most 20 waiting) and serve. Files are served from the output folder
     only (and gradio's own cache)."""
     studio: Studio = demo.studio  # type: ignore[attr-defined]
     demo.queue(default_concurrency_limit=1, max_size=20)
     kwargs: dict[str, Any] = dict(
-        server_name=host, server_port=port, share=share, auth=auth, inbrowser=inbrowser,
-        allowed_paths=[str(studio.gallery.folder)], max_file_size=max_file_size, show_error=True,
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False,
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=auth,
+        inbrowser=inbrowser,
+        allowed_paths=[str(studio.gallery.folder)],
+        max_file_size=max_file_size,
+        show_error=True,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        ssr_mode=False,
     )
     if GRADIO_6:
         kwargs.update(theme=theme_object(studio.settings.theme), css=CSS)

@@ -35,6 +35,11 @@ class ModelInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
     adapters: list[str] = field(default_factory=list)
 
+    @property
+    def control_kinds(self) -> list[str]:
+        """The control kinds this model has adapters for."""
+        return sorted(a.removeprefix("control_") for a in self.adapters if a.startswith("control_"))
+
 
 @dataclass
 class Update:
@@ -91,14 +96,18 @@ class Engine:
             folder = demo_model_path()
             if not (folder / "config.json").is_file():
                 pipe = IrisPipeline.from_variant("nano").to(device)
-                return pipe, (f"The bundled demo model is not installed ({folder}). Running a **random-weight "
-                              "nano model** instead: it shows how the app works, but its images are noise. "
-                              "Pick a trained model under Settings → Model.")
+                return pipe, (
+                    f"The bundled demo model is not installed ({folder}). Running a **random-weight "
+                    "nano model** instead: it shows how the app works, but its images are noise. "
+                    "Pick a trained model under Settings → Model."
+                )
             return IrisPipeline.from_pretrained(None, device=device), None
         if is_variant(spec):
             pipe = IrisPipeline.from_variant(spec).to(device)
-            return pipe, (f"Running the **{spec}** variant with **random weights**: its images are noise. "
-                          "Pick a trained model under Settings → Model.")
+            return pipe, (
+                f"Running the **{spec}** variant with **random weights**: its images are noise. "
+                "Pick a trained model under Settings → Model."
+            )
         return IrisPipeline.from_pretrained(spec, device=device), None
 
     def load(self, spec: str | None = None, device: str | None = None) -> ModelInfo:
@@ -125,7 +134,9 @@ class Engine:
             info = self.load(DEMO, "cpu")
         except (IrisError, OSError):
             info = self.load("nano", "cpu")
-        self.notice = failed + ("\n\n" + self.notice if self.notice else "") + "\n\nUsing the default model instead."
+        self.notice = (
+            failed + ("\n\n" + self.notice if self.notice else "") + "\n\nUsing the default model instead."
+        )
         return info
 
     @staticmethod
@@ -133,12 +144,21 @@ class Engine:
         cfg = pipe.config
         s = cfg.sampler
         return ModelInfo(
-            name=cfg.name, source=str(pipe.source), resolution=int(cfg.resolution),
-            latent_factor=int(pipe.latent_factor), max_iterations=int(cfg.generator.max_iterations),
-            core_layers=int(cfg.generator.core_layers), parameters=int(sum(pipe.num_parameters().values())),
+            name=cfg.name,
+            source=str(pipe.source),
+            resolution=int(cfg.resolution),
+            latent_factor=int(pipe.latent_factor),
+            max_iterations=int(cfg.generator.max_iterations),
+            core_layers=int(cfg.generator.core_layers),
+            parameters=int(sum(pipe.num_parameters().values())),
             random_weights=str(pipe.source).startswith("random:"),
-            defaults={"steps": s.steps, "iterations": s.iterations, "guidance": s.guidance, "sampler": s.sampler,
-                      "shift": s.shift},
+            defaults={
+                "steps": s.steps,
+                "iterations": s.iterations,
+                "guidance": s.guidance,
+                "sampler": s.sampler,
+                "shift": s.shift,
+            },
             adapters=list(cfg.adapters),
         )
 
@@ -158,9 +178,15 @@ class Engine:
     def warmup(self) -> None:
         """One tiny run so the first real one does not pay for lazy initialisation (and to measure speed)."""
         try:
-            for _ in self.run("generate", {"prompt": "", "steps": 1, "iterations": 1, "seed": 0, "guidance": 1.0},
-                              interval=0.0, preview_fraction=None, record=False):
-                pass
+            for record in (False, True):
+                for _ in self.run(
+                    "generate",
+                    {"prompt": "", "steps": 1, "iterations": 2, "seed": 0, "guidance": 1.0},
+                    interval=0.0,
+                    preview_fraction=None,
+                    record=record,
+                ):
+                    pass
         except Exception:  # noqa: BLE001 - warm-up is best effort
             pass
 
@@ -177,8 +203,15 @@ class Engine:
         with self._flags_lock:
             return bool(self._active)
 
-    def run(self, task: str, kwargs: dict[str, Any], *, interval: float = 0.08, preview_fraction: float | None = 0.25,
-            record: bool = True) -> Iterator[Update]:
+    def run(
+        self,
+        task: str,
+        kwargs: dict[str, Any],
+        *,
+        interval: float = 0.08,
+        preview_fraction: float | None = 0.25,
+        record: bool = True,
+    ) -> Iterator[Update]:
         """Run `pipe.<task>(**kwargs)` in a worker thread; yield previews at most every `interval` seconds,
         then a final "done" (with the IrisResult) or "cancelled" update. Engine errors are re-raised here."""
         from iris.errors import GenerationCancelled
@@ -235,7 +268,10 @@ class Engine:
                         pending = payload.image
                     now = time.perf_counter()
                     if now - last_emit >= interval:
-                        yield self._preview_update(payload, count, expected, pending, now - start)
+                        exact = sampler == "heun" and task != "upscale"  # heun repeats step numbers
+                        yield self._preview_update(
+                            payload, count, expected if exact else 0, pending, now - start
+                        )
                         pending = None
                         last_emit = now
                     continue
@@ -244,12 +280,25 @@ class Engine:
                 if kind == "done":
                     if record:
                         self._record(payload, kwargs, steps, iterations, sampler)
-                    yield Update("done", label="done", progress=1.0, elapsed=elapsed, eta=0.0, result=payload,
-                                 previews=count)
+                    yield Update(
+                        "done",
+                        label="done",
+                        progress=1.0,
+                        elapsed=elapsed,
+                        eta=0.0,
+                        result=payload,
+                        previews=count,
+                    )
                 elif kind == "cancelled":
-                    label = f"stopped at {last.label}" if last is not None else "stopped"
-                    yield Update("cancelled", label=label, progress=count / expected if expected else 0.0,
-                                 elapsed=elapsed, image=pending, previews=count)
+                    label = last.label if last is not None else "before the first iteration"
+                    yield Update(
+                        "cancelled",
+                        label=label,
+                        progress=count / expected if expected else 0.0,
+                        elapsed=elapsed,
+                        image=pending,
+                        previews=count,
+                    )
                 else:
                     raise payload
                 return
@@ -265,8 +314,15 @@ class Engine:
         eta = elapsed * (1 - progress) / progress
         if self._overhead is not None:
             eta += self._overhead * 0.5
-        return Update("preview", label=event.label, progress=progress, elapsed=elapsed, eta=eta, image=image,
-                      previews=count)
+        return Update(
+            "preview",
+            label=event.label,
+            progress=progress,
+            elapsed=elapsed,
+            eta=eta,
+            image=image,
+            previews=count,
+        )
 
     # ------------------------------------------------------------------------------------------- speed
     def _units(self, kwargs: dict[str, Any], guidance: float) -> float:
@@ -279,7 +335,7 @@ class Engine:
         t = getattr(result, "timings", {}) or {}
         sampling_s, total_s = t.get("sampling_s"), t.get("total_s")
         params = getattr(result, "params", {}) or {}
-        if not sampling_s or result is None or params.get("task", "generate") != "generate":
+        if not sampling_s or result is None or params.get("task", "generate") == "upscale":
             return
         guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
         units = self._units({"width": params.get("width"), "height": params.get("height")}, guidance)
@@ -289,8 +345,15 @@ class Engine:
         self._iter_cost = per_iter if self._iter_cost is None else a * per_iter + (1 - a) * self._iter_cost
         self._overhead = overhead if self._overhead is None else a * overhead + (1 - a) * self._overhead
 
-    def estimate(self, steps: int, iterations: int, guidance: float, width: int | None = None,
-                 height: int | None = None, sampler: str | None = None) -> float | None:
+    def estimate(
+        self,
+        steps: int,
+        iterations: int,
+        guidance: float,
+        width: int | None = None,
+        height: int | None = None,
+        sampler: str | None = None,
+    ) -> float | None:
         """Estimated seconds for a run, from measured speed; None before the first measurement."""
         if self._iter_cost is None:
             return None
@@ -298,12 +361,22 @@ class Engine:
         calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
         return calls * iterations * units * self._iter_cost + (self._overhead or 0.0)
 
-    def budget(self, steps: int, iterations: int, guidance: float, width: int | None = None,
-               height: int | None = None, sampler: str | None = None) -> dict[str, Any]:
+    def budget(
+        self,
+        steps: int,
+        iterations: int,
+        guidance: float,
+        width: int | None = None,
+        height: int | None = None,
+        sampler: str | None = None,
+    ) -> dict[str, Any]:
         """NFE, effective depth and estimated time of a budget."""
         steps, iterations = int(steps), int(iterations)
         calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
         nfe = calls * (2 if uses_cfg(float(guidance)) else 1)
         depth = self.pipe.effective_depth(iterations)
-        return {"nfe": nfe, "depth": depth, "seconds": self.estimate(steps, iterations, guidance, width, height,
-                                                                     sampler)}
+        return {
+            "nfe": nfe,
+            "depth": depth,
+            "seconds": self.estimate(steps, iterations, guidance, width, height, sampler),
+        }

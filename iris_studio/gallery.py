@@ -39,8 +39,14 @@ class Entry:
     params: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "task": self.task, "prompt": self.prompt, "seed": self.seed,
-                "created": self.created, "params": self.params}
+        return {
+            "file": self.file,
+            "task": self.task,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "created": self.created,
+            "params": self.params,
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Entry | None:
@@ -49,7 +55,8 @@ class Entry:
         params = data.get("params") if isinstance(data.get("params"), dict) else {}
         seed = data.get("seed")
         return cls(
-            file=data["file"], task=str(data.get("task") or params.get("task") or "generate"),
+            file=data["file"],
+            task=str(data.get("task") or params.get("task") or "generate"),
             prompt=str(data.get("prompt") or params.get("prompt") or ""),
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             created=float(data["created"]) if isinstance(data.get("created"), (int, float)) else 0.0,
@@ -92,7 +99,9 @@ class Gallery:
                 os.replace(self.index_path, damaged)
             except OSError:
                 pass
-            self.warning = f"gallery index was damaged ({err}); kept it as {damaged.name} and rebuilt it from the images"
+            self.warning = (
+                f"gallery index was damaged ({err}); kept it as {damaged.name} and rebuilt it from the images"
+            )
             entries = self._rebuild()
             self._write(entries)
             return entries
@@ -107,17 +116,28 @@ class Gallery:
         for path in sorted(self.folder.glob("*/*.png"), key=lambda p: p.stat().st_mtime):
             params = read_params(path) or {}
             seed = params.get("seed")
-            entries.append(Entry(path.relative_to(self.folder).as_posix(), str(params.get("task", "generate")),
-                                 str(params.get("prompt", "")), seed if isinstance(seed, int) else None,
-                                 path.stat().st_mtime, params))
+            entries.append(
+                Entry(
+                    path.relative_to(self.folder).as_posix(),
+                    str(params.get("task", "generate")),
+                    str(params.get("prompt", "")),
+                    seed if isinstance(seed, int) else None,
+                    path.stat().st_mtime,
+                    params,
+                )
+            )
         return entries
 
     def _write(self, entries: list[Entry]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".json", dir=self.folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": 1, "entries": [e.to_dict() for e in entries]}, f, ensure_ascii=False,
-                          default=str)
+                json.dump(
+                    {"version": 1, "entries": [e.to_dict() for e in entries]},
+                    f,
+                    ensure_ascii=False,
+                    default=str,
+                )
             os.replace(tmp, self.index_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -125,7 +145,7 @@ class Gallery:
 
     # -------------------------------------------------------------------------------------------- API
     def add(self, image: Any, params: dict[str, Any]) -> Path:
-        """Save `image` (PIL) with `params` in its PNG text chunk; record it in the index. Returns the path."""
+        """Save `image` (PIL) with `params` in its PNG text chunk and index it; returns the path."""
         from iris.pngmeta import save_png
 
         now = time.time()
@@ -140,8 +160,14 @@ class Gallery:
                 path = day / f"{stem}-{n}.png"
                 n += 1
             save_png(image, path, params)
-            entry = Entry(path.relative_to(self.folder).as_posix(), task, str(params.get("prompt", "")),
-                          seed if isinstance(seed, int) else None, now, dict(params))
+            entry = Entry(
+                path.relative_to(self.folder).as_posix(),
+                task,
+                str(params.get("prompt", "")),
+                seed if isinstance(seed, int) else None,
+                now,
+                dict(params),
+            )
             self._entries.append(entry)
             self._write(self._entries)
         return path

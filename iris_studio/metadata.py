@@ -81,4 +81,5 @@ def describe(params: dict[str, Any] | None) -> str:
         return "This file carries no IRIS parameters."
     task = params.get("task", "generate")
     budget = f"{params.get('steps', '?')} steps × {params.get('iterations', '?')} iterations"
-    return f"Restored a **{task}** run: seed {params.get('seed', '?')}, {budget}, guidance {params.get('guidance', '?')}."
+    seed, guidance = params.get("seed", "?"), params.get("guidance", "?")
+    return f"Restored a **{task}** run: seed {seed}, {budget}, guidance {guidance}."

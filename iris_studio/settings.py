@@ -48,7 +48,7 @@ class Settings:
         return dataclasses.asdict(self)
 
     def updated(self, **changes: Any) -> Settings:
-        """A copy with `changes` applied (each coerced and checked as on load); unknown keys raise KeyError."""
+        """A copy with `changes` applied (checked as on load); unknown keys raise KeyError."""
         data = self.to_dict()
         for key in changes:
             if key not in data:
@@ -74,9 +74,17 @@ def settings_path() -> Path:
 
 
 _LIMITS: dict[str, tuple[float, float]] = {
-    "steps": (1, 200), "iterations": (1, 64), "guidance": (0.0, 30.0), "width": (0, 2048), "height": (0, 2048),
-    "preview_interval_ms": (0, 5000), "preview_cost": (0.0, 1.0), "edit_strength": (0.0, 1.0),
-    "upscale_strength": (0.0, 1.0), "mask_blur": (0, 64), "padding": (0, 256),
+    "steps": (1, 200),
+    "iterations": (1, 64),
+    "guidance": (0.0, 30.0),
+    "width": (0, 2048),
+    "height": (0, 2048),
+    "preview_interval_ms": (0, 5000),
+    "preview_cost": (0.0, 1.0),
+    "edit_strength": (0.0, 1.0),
+    "upscale_strength": (0.0, 1.0),
+    "mask_blur": (0, 64),
+    "padding": (0, 256),
 }
 
 
@@ -115,7 +123,7 @@ def from_dict(data: Any) -> tuple[Settings, list[str]]:
 
 
 def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]:
-    """(settings, warning). A missing file gives defaults silently; a damaged one gives defaults and a warning."""
+    """(settings, warning): a missing file gives defaults silently, a damaged one defaults and a warning."""
     path = Path(path) if path is not None else settings_path()
     try:
         text = path.read_text(encoding="utf-8")

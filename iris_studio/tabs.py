@@ -16,12 +16,22 @@ import gradio as gr
 
 from .metadata import fields
 
-TASK_TITLES = {"generate": "Generate", "inpaint": "Inpaint", "edit": "Edit", "upscale": "Upscale",
-               "control": "Control"}
-RUN_LABELS = {"generate": "Generate", "inpaint": "Inpaint", "edit": "Edit", "upscale": "Upscale",
-              "control": "Generate with control"}
+TASK_TITLES = {
+    "generate": "Generate",
+    "inpaint": "Inpaint",
+    "edit": "Edit",
+    "upscale": "Upscale",
+    "control": "Control",
+}
+RUN_LABELS = {
+    "generate": "Generate",
+    "inpaint": "Inpaint",
+    "edit": "Edit",
+    "upscale": "Upscale",
+    "control": "Generate with control",
+}
 IMAGE_TARGETS = ("inpaint", "edit", "upscale", "control")
-DEFAULT_CONTROL_KINDS = ("canny", "scribble", "colour")
+DEFAULT_CONTROL_KINDS = ("canny", "scribble", "color", "depth", "pose")
 MAX_UI_ITERATIONS = 16
 MAX_UI_STEPS = 50
 
@@ -46,7 +56,9 @@ class TaskTab:
     restore_file: Any
     restore_note: Any
     send: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # task-only widgets (brush size, clear, control preview)
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # task-only widgets (brush size, clear, control preview)
 
     def inputs(self) -> list[Any]:
         return [*self.images, *(self.controls[name] for name in fields(self.task))]
@@ -58,8 +70,10 @@ def idle_status(text: str = "Ready.") -> str:
 
 def status_html(progress: float, text: str, state: str = "running") -> str:
     pct = max(0.0, min(1.0, progress)) * 100
-    return (f'<div class="iris-status" data-state="{state}"><div class="iris-bar"><div style="width:{pct:.1f}%">'
-            f'</div></div><span class="iris-status-text">{text}</span></div>')
+    return (
+        f'<div class="iris-status" data-state="{state}"><div class="iris-bar"><div style="width:{pct:.1f}%">'
+        f'</div></div><span class="iris-status-text">{text}</span></div>'
+    )
 
 
 def blank_canvas(size: int = 512) -> dict[str, Any]:
@@ -68,7 +82,9 @@ def blank_canvas(size: int = 512) -> dict[str, Any]:
     return {"background": Image.new("RGB", (size, size), "white"), "layers": [], "composite": None}
 
 
-def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = DEFAULT_CONTROL_KINDS) -> TaskTab:
+def task_tab(
+    task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = DEFAULT_CONTROL_KINDS
+) -> TaskTab:
     """Build the controls and outputs of one task tab inside the current gr.Tab."""
     images: list[Any] = []
     extra: dict[str, Any] = {}
@@ -80,137 +96,300 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
             # ---------------------------------------------------------------- task image inputs
             if task == "inpaint":
                 editor = gr.ImageEditor(
-                    label="Image — paint the area to change", type="pil", image_mode="RGBA", format="png",
-                    sources=["upload", "clipboard"], layers=False, transforms=(), height=420,
-                    brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff",
-                                   color_mode="fixed"),
-                    eraser=gr.Eraser(default_size=24), elem_id="inpaint-editor",
+                    label="Image — paint the area to change",
+                    type="pil",
+                    image_mode="RGBA",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    layers=False,
+                    transforms=(),
+                    height=420,
+                    brush=gr.Brush(
+                        default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"
+                    ),
+                    eraser=gr.Eraser(default_size=24),
+                    elem_id="inpaint-editor",
                 )
                 images.append(editor)
                 with gr.Row():
-                    extra["brush_size"] = gr.Slider(2, 128, value=24, step=1, label="Brush size", scale=3,
-                                                    elem_id="inpaint-brush-size")
+                    extra["brush_size"] = gr.Slider(
+                        2, 128, value=24, step=1, label="Brush size", scale=3, elem_id="inpaint-brush-size"
+                    )
                     extra["clear"] = gr.Button("Clear mask", size="sm", scale=1, elem_id="inpaint-clear")
                 with gr.Accordion("…or upload a mask (white = change)", open=False):
-                    images.append(gr.Image(label="Mask", type="pil", image_mode="L", format="png", height=200,
-                                           sources=["upload", "clipboard"], elem_id="inpaint-mask-upload"))
+                    images.append(
+                        gr.Image(
+                            label="Mask",
+                            type="pil",
+                            image_mode="L",
+                            format="png",
+                            height=200,
+                            sources=["upload", "clipboard"],
+                            elem_id="inpaint-mask-upload",
+                        )
+                    )
             elif task == "control":
                 editor = gr.ImageEditor(
-                    value=blank_canvas(), label="Control image — upload one, or draw a scribble", type="pil",
-                    image_mode="RGB", format="png", sources=["upload", "clipboard"], layers=False, transforms=(),
-                    height=380, brush=gr.Brush(default_size=6, colors=["#000000", "#ffffff"],
-                                               default_color="#000000"),
-                    eraser=gr.Eraser(default_size=16), elem_id="control-editor",
+                    value=blank_canvas(),
+                    label="Control image (upload or draw)",
+                    type="pil",
+                    image_mode="RGB",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    layers=False,
+                    transforms=(),
+                    height=380,
+                    brush=gr.Brush(default_size=6, colors=["#000000", "#ffffff"], default_color="#000000"),
+                    eraser=gr.Eraser(default_size=16),
+                    elem_id="control-editor",
                 )
                 images.append(editor)
             elif task in ("edit", "upscale"):
-                images.append(gr.Image(label="Input image", type="pil", format="png", height=300,
-                                       sources=["upload", "clipboard"], elem_id=f"{task}-input"))
+                images.append(
+                    gr.Image(
+                        label="Input image",
+                        type="pil",
+                        format="png",
+                        height=300,
+                        sources=["upload", "clipboard"],
+                        elem_id=f"{task}-input",
+                    )
+                )
 
-            controls["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red apple on a blue background",
-                                            elem_id=f"{task}-prompt")
-            controls["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1,
-                                                     value=settings.negative_prompt, elem_id=f"{task}-negative")
+            controls["prompt"] = gr.Textbox(
+                label="Prompt",
+                lines=2,
+                placeholder="a red apple on a blue background",
+                elem_id=f"{task}-prompt",
+            )
+            controls["negative_prompt"] = gr.Textbox(
+                label="Negative prompt", lines=1, value=settings.negative_prompt, elem_id=f"{task}-negative"
+            )
 
             # ---------------------------------------------------------------- task controls
             if task == "inpaint":
                 with gr.Row():
-                    controls["mask_blur"] = gr.Slider(0, 64, value=settings.mask_blur, step=1, label="Mask blur")
-                    controls["padding"] = gr.Slider(0, 256, value=settings.padding, step=8,
-                                                    label="Padding (masked only)")
-                controls["masked_only"] = gr.Checkbox(value=False, label="Masked area only (crop around the mask)")
+                    controls["mask_blur"] = gr.Slider(
+                        0, 64, value=settings.mask_blur, step=1, label="Mask blur"
+                    )
+                    controls["padding"] = gr.Slider(
+                        0, 256, value=settings.padding, step=8, label="Padding (masked only)"
+                    )
+                controls["masked_only"] = gr.Checkbox(
+                    value=False, label="Masked area only (crop around the mask)"
+                )
             elif task == "edit":
-                controls["strength"] = gr.Slider(0.05, 1.0, value=settings.edit_strength, step=0.05,
-                                                 label="Strength (0 keeps the image, 1 ignores it)")
+                controls["strength"] = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=settings.edit_strength,
+                    step=0.05,
+                    label="Strength (0 keeps the image, 1 ignores it)",
+                )
             elif task == "upscale":
                 with gr.Row():
                     controls["scale"] = gr.Radio([2, 4], value=2, label="Scale", scale=1)
-                    controls["strength"] = gr.Slider(0.0, 1.0, value=settings.upscale_strength, step=0.05,
-                                                     label="Strength", scale=2)
+                    controls["strength"] = gr.Slider(
+                        0.0, 1.0, value=settings.upscale_strength, step=0.05, label="Strength", scale=2
+                    )
                 controls["tile"] = gr.Slider(128, 1024, value=512, step=64, label="Tile size")
             elif task == "control":
-                kinds = list(control_kinds)
+                kinds = list(info.control_kinds) or list(control_kinds)
+                extra["control_note"] = gr.Markdown(
+                    ""
+                    if info.control_kinds
+                    else "⚠️ This model has no control adapters; Control needs a model "
+                    "trained with them (the preprocessor preview still works).",
+                    elem_id="control-note",
+                )
                 with gr.Row():
                     controls["kind"] = gr.Dropdown(kinds, value=kinds[0], label="Kind", scale=2)
-                    controls["preprocess"] = gr.Checkbox(value=True, label="Preprocess", scale=1,
-                                                         info="off: the image already is a map")
+                    controls["preprocess"] = gr.Checkbox(
+                        value=True, label="Preprocess", scale=1, info="off: the image already is a map"
+                    )
                 with gr.Row():
                     controls["weight"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight")
                     controls["start"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Start")
                     controls["end"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
 
             # ---------------------------------------------------------------- seed, size, guidance
-            with gr.Row(equal_height=True):
-                controls["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", scale=4, minimum=-1,
-                                             elem_id=f"{task}-seed")
-                randomize = gr.Button("🎲", scale=0, min_width=44, elem_id=f"{task}-randomize")
-                reuse = gr.Button("♻️", scale=0, min_width=44, elem_id=f"{task}-reuse")
+            with gr.Row(equal_height=False, elem_classes=["iris-seed-row"]):
+                controls["seed"] = gr.Number(
+                    value=-1,
+                    precision=0,
+                    label="Seed (-1 = random)",
+                    scale=4,
+                    minimum=-1,
+                    elem_id=f"{task}-seed",
+                )
+                randomize = gr.Button(
+                    "🎲 Random",
+                    scale=1,
+                    min_width=60,
+                    size="sm",
+                    elem_id=f"{task}-randomize",
+                    elem_classes=["iris-seed-btn"],
+                )
+                reuse = gr.Button(
+                    "♻️ Last",
+                    scale=1,
+                    min_width=60,
+                    size="sm",
+                    elem_id=f"{task}-reuse",
+                    elem_classes=["iris-seed-btn"],
+                )
             if task in ("generate", "control"):
                 lo = 0 if task == "control" else f * 2
                 w0 = settings.width or (0 if task == "control" else native)
                 h0 = settings.height or (0 if task == "control" else native)
-                hint = " (0 = from the image)" if task == "control" else ""
+                hint = " (0 = auto)" if task == "control" else ""
                 with gr.Row():
-                    controls["width"] = gr.Slider(lo, 1024, value=w0, step=f, label=f"Width{hint}",
-                                                  elem_id=f"{task}-width")
-                    controls["height"] = gr.Slider(lo, 1024, value=h0, step=f, label=f"Height{hint}",
-                                                   elem_id=f"{task}-height")
-            controls["guidance"] = gr.Slider(0.0, 15.0, value=settings.guidance, step=0.5,
-                                             label="Guidance (1 = off, half the NFE)", elem_id=f"{task}-guidance")
+                    controls["width"] = gr.Slider(
+                        lo, 1024, value=w0, step=f, label=f"Width{hint}", elem_id=f"{task}-width"
+                    )
+                    controls["height"] = gr.Slider(
+                        lo, 1024, value=h0, step=f, label=f"Height{hint}", elem_id=f"{task}-height"
+                    )
+            controls["guidance"] = gr.Slider(
+                0.0,
+                15.0,
+                value=settings.guidance,
+                step=0.5,
+                label="Guidance (1 = off, half the NFE)",
+                elem_id=f"{task}-guidance",
+            )
 
             # ---------------------------------------------------------------- compute budget
             with gr.Group(elem_classes=["iris-budget"]):
-                with gr.Row():
-                    controls["iterations"] = gr.Slider(
-                        1, MAX_UI_ITERATIONS, value=min(settings.iterations, MAX_UI_ITERATIONS), step=1,
-                        label="Core iterations (compute budget)", scale=3, elem_id=f"{task}-iterations")
-                    controls["steps"] = gr.Slider(1, MAX_UI_STEPS, value=min(settings.steps, MAX_UI_STEPS), step=1,
-                                                  label="Steps", scale=2, elem_id=f"{task}-steps")
                 with gr.Row(equal_height=True):
-                    budget = gr.Markdown("", elem_classes=["iris-budget-info"], elem_id=f"{task}-budget")
-                    live = gr.Checkbox(value=settings.live, label="Live", scale=0, min_width=90,
-                                       info="re-render on release", elem_id=f"{task}-live")
+                    controls["iterations"] = gr.Slider(
+                        1,
+                        MAX_UI_ITERATIONS,
+                        value=min(settings.iterations, MAX_UI_ITERATIONS),
+                        step=1,
+                        label="Core iterations",
+                        scale=4,
+                        elem_id=f"{task}-iterations",
+                    )
+                    controls["steps"] = gr.Slider(
+                        1,
+                        MAX_UI_STEPS,
+                        value=min(settings.steps, MAX_UI_STEPS),
+                        step=1,
+                        label="Steps",
+                        scale=3,
+                        elem_id=f"{task}-steps",
+                    )
+                    live = gr.Checkbox(
+                        value=settings.live,
+                        label="Live",
+                        scale=0,
+                        min_width=80,
+                        elem_id=f"{task}-live",
+                        elem_classes=["iris-live"],
+                    )
+                budget = gr.Markdown("", elem_classes=["iris-budget-info"], elem_id=f"{task}-budget")
             with gr.Accordion("Advanced", open=False):
-                controls["sampler"] = gr.Dropdown(["euler", "heun", "consistency"],
-                                                  value=info.defaults.get("sampler", "euler"), label="Sampler")
+                controls["sampler"] = gr.Dropdown(
+                    ["euler", "heun", "consistency"],
+                    value=info.defaults.get("sampler", "euler"),
+                    label="Sampler",
+                )
 
             with gr.Row():
                 run = gr.Button(RUN_LABELS[task], variant="primary", scale=3, elem_id=f"{task}-run")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{task}-stop")
-            restore_file = gr.File(label="Drop an IRIS PNG here to restore its settings", file_types=[".png"],
-                                   type="filepath", height=90, elem_id=f"{task}-restore")
-            restore_note = gr.Markdown("", elem_id=f"{task}-restore-note")
 
         with gr.Column(scale=7, min_width=360):
             with gr.Row(equal_height=True):
-                preview = gr.Image(label="Live preview", type="pil", format="jpeg", interactive=False, height=360,
-                                   elem_id=f"{task}-preview")
-                result = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=360,
-                                  elem_id=f"{task}-result", buttons=["download", "fullscreen"])
+                preview = gr.Image(
+                    label="Live preview",
+                    type="pil",
+                    format="jpeg",
+                    interactive=False,
+                    height=360,
+                    elem_id=f"{task}-preview",
+                )
+                result = gr.Image(
+                    label="Result",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    height=360,
+                    elem_id=f"{task}-result",
+                    buttons=["download", "fullscreen"],
+                )
             status = gr.HTML(idle_status(), elem_id=f"{task}-status")
             with gr.Row():
-                send = {target: gr.Button(f"→ {TASK_TITLES[target]}", size="sm", elem_id=f"{task}-send-{target}")
-                        for target in IMAGE_TARGETS}
+                send = {
+                    target: gr.Button(f"→ {TASK_TITLES[target]}", size="sm", elem_id=f"{task}-send-{target}")
+                    for target in IMAGE_TARGETS
+                }
+            if task == "inpaint":
+                extra["mask_view"] = gr.Image(
+                    label="Mask used (white = change)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=200,
+                    elem_id="inpaint-mask-used",
+                )
             if task == "control":
-                extra["control_preview"] = gr.Image(label="Preprocessor preview", type="pil", format="png",
-                                                    interactive=False, height=220, elem_id="control-preview")
+                extra["control_preview"] = gr.Image(
+                    label="Preprocessor preview",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=220,
+                    elem_id="control-preview",
+                )
             with gr.Accordion("Parameters", open=False):
                 params = gr.JSON(label="Parameters (also in the PNG)", elem_id=f"{task}-params")
+            restore_file = gr.File(
+                label="Drop an IRIS PNG here to restore its settings",
+                file_types=[".png"],
+                type="filepath",
+                height=120,
+                elem_id=f"{task}-restore",
+            )
+            restore_note = gr.Markdown("", elem_id=f"{task}-restore-note")
 
-    return TaskTab(task, images, controls, live, budget, run, stop, randomize, reuse, preview, status, result,
-                   params, restore_file, restore_note, send, extra)
+    return TaskTab(
+        task,
+        images,
+        controls,
+        live,
+        budget,
+        run,
+        stop,
+        randomize,
+        reuse,
+        preview,
+        status,
+        result,
+        params,
+        restore_file,
+        restore_note,
+        send,
+        extra,
+    )
 
 
 CSS = """
 .iris-status { display: flex; align-items: center; gap: 12px; padding: 4px 2px; min-height: 28px; }
-.iris-bar { flex: 0 0 38%; height: 8px; border-radius: 4px; background: var(--neutral-200); overflow: hidden; }
+.iris-bar { flex: 0 0 38%; height: 8px; border-radius: 4px; background: var(--neutral-200);
+            overflow: hidden; }
 .dark .iris-bar { background: var(--neutral-700); }
 .iris-bar > div { height: 100%; background: var(--color-accent); transition: width 0.12s linear; }
 .iris-status[data-state="cancelled"] .iris-bar > div { background: var(--neutral-400); }
 .iris-status-text { font-size: var(--text-sm); color: var(--body-text-color-subdued);
                     font-variant-numeric: tabular-nums; }
-.iris-budget-info { font-size: var(--text-sm); padding: 6px 10px; }
-.iris-notice { border-left: 4px solid #f59e0b; padding: 8px 12px !important; background: rgba(245,158,11,0.08); }
+.iris-budget-info { font-size: var(--text-sm); padding: 10px 12px; }
+.iris-live { display: flex; align-items: center; justify-content: center; }
+.iris-seed-row { align-items: flex-end; }
+.iris-seed-btn { align-self: flex-end; margin-bottom: 4px; }
+.iris-notice { border-left: 4px solid #f59e0b; padding: 8px 12px !important;
+               background: rgba(245,158,11,0.08); }
 .iris-header h1 { margin: 0; font-size: 1.5rem; }
 .iris-header p { margin: 0; color: var(--body-text-color-subdued); }
 """

@@ -55,10 +55,12 @@ def tiny_gen_cfg() -> GeneratorConfig:
 def nano_pipe():
     """The nano variant with random (seeded) weights and a perturbed generator, shared by the whole session.
 
-    Tests must not change its weights; they may change nothing but call arguments.
+    The preview decoder (zero-initialised, so every preview would be flat grey) is perturbed too.
+    Tests must not change its weights.
     """
     from iris import IrisPipeline
 
     pipe = IrisPipeline.from_variant("nano", seed=0)
     perturb(pipe.generator, std=0.02, seed=0)
+    perturb(pipe.previewer, std=0.1, seed=1)
     return pipe

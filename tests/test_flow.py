@@ -24,9 +24,10 @@ def test_interpolate_endpoints_and_midpoint():
     assert torch.equal(mixed[0], z0[0]) and torch.equal(mixed[2], noise[2])
     torch.testing.assert_close(mixed[1], 0.75 * z0[1] + 0.25 * noise[1])
     # the velocity target is the time derivative of the path
-    t, dt = torch.full((3,), 0.4), 1e-3
-    deriv = (interpolate(z0.double(), noise.double(), t + dt) - interpolate(z0.double(), noise.double(), t)) / dt
-    torch.testing.assert_close(deriv, (noise - z0).double(), atol=1e-6, rtol=1e-6)
+    z0, noise = z0.double(), noise.double()
+    t, dt = torch.full((3,), 0.4, dtype=torch.float64), 1e-3
+    deriv = (interpolate(z0, noise, t + dt) - interpolate(z0, noise, t)) / dt
+    torch.testing.assert_close(deriv, noise - z0, atol=1e-9, rtol=1e-9)
 
 
 def test_loss_weight_none_and_snr():
@@ -100,11 +101,11 @@ def test_flow_timesteps_partial_start():
 
 def _straight_path(seed=0):
     g = torch.Generator().manual_seed(seed)
-    x0, noise = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, 4, generator=g,
-                                                                                          dtype=torch.float64)
+    x0 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
     calls = []
 
-    def velocity(z, t, i):  # the exact field of the straight path to x0: (z - x0) / t = noise - x0 on the path
+    def velocity(z, t, i):  # exact field of the straight path to x0: (z - x0) / t, = noise - x0 on the path
         calls.append((t, i))
         return (z - x0) / t
 
@@ -151,7 +152,8 @@ def test_on_step_can_replace_the_state():
         seen.append(i)
         return torch.zeros_like(z) if i == 1 else None
 
-    out = sample(lambda z, t, i: torch.zeros_like(z), noise.clone(), flow_timesteps(3), "euler", on_step=on_step)
+    still = lambda z, t, i: torch.zeros_like(z)
+    out = sample(still, noise.clone(), flow_timesteps(3), "euler", on_step=on_step)
     assert seen == [0, 1, 2]
     assert torch.count_nonzero(out) == 0  # replaced at step 1, velocity 0 afterwards
 
@@ -183,8 +185,8 @@ def test_short_training_lowers_the_flow_loss():
     eval_t = torch.rand(n, generator=g) * 0.9 + 0.05
     eval_noise = torch.randn(latents.shape, generator=g)
 
-    def velocity_fn(text_cond):
-        return lambda zt, t: gen(zt, t, text_cond, 2, state_generator=torch.Generator().manual_seed(0))
+    def velocity_fn(text_cond):  # one core iteration keeps 60 steps cheap on a busy CPU
+        return lambda zt, t: gen(zt, t, text_cond, 1, state_generator=torch.Generator().manual_seed(0))
 
     def eval_loss() -> float:
         with torch.no_grad():
@@ -201,4 +203,4 @@ def test_short_training_lowers_the_flow_loss():
         opt.step()
     after = eval_loss()
     assert math.isfinite(after)
-    assert after < 0.6 * before, (before, after)
+    assert after < 0.5 * before, (before, after)

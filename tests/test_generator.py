@@ -17,7 +17,8 @@ def make_gen(seed: int = 0, std: float | None = 0.02, **overrides) -> IrisGenera
     return gen
 
 
-def make_text(b: int = 1, length: int = 5, dim: int = 16, seed: int = 0, valid: int | None = None) -> TextCondition:
+def make_text(b: int = 1, length: int = 5, dim: int = 16, seed: int = 0,
+              valid: int | None = None) -> TextCondition:
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(b, length, dim, generator=g)
     mask = None
@@ -159,7 +160,8 @@ def test_truncated_backprop():
     assert nodes_truncated < 0.5 * nodes_full
     torch.testing.assert_close(v, v_full)  # same forward value, only the graph differs
     (v * torch.randn_like(v)).sum().backward()
-    core_grads = {n: p.grad for n, p in gen.named_parameters() if n.startswith(("core.", "inject", "core_mod"))}
+    core = ("core.", "inject", "core_mod")
+    core_grads = {n: p.grad for n, p in gen.named_parameters() if n.startswith(core)}
     assert core_grads and all(g is not None and g.abs().max() > 0 for g in core_grads.values())
     for part in ("patch_embed.weight", "prelude.0.dwconv.weight", "final.weight", "t_embed.mlp.0.weight"):
         assert gen.get_parameter(part).grad.abs().max() > 0, part

@@ -285,7 +285,8 @@ def test_grfm_merge_formula():
     x = torch.randn(1, 3, 3, 32)
     with torch.no_grad():
         g = torch.sigmoid(mixer.gate(x))
-        expected = mixer.out(g * mixer.fourier(x) + (1 - g) * mixer.recurrent(x) + mixer.alpha * mixer.spatial(x))
+        mixed = g * mixer.fourier(x) + (1 - g) * mixer.recurrent(x) + mixer.alpha * mixer.spatial(x)
+        expected = mixer.out(mixed)
         torch.testing.assert_close(mixer(x), expected)
         mixer.alpha.zero_()
         mixer.gate.weight.zero_()

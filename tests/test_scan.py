@@ -34,7 +34,9 @@ def _inputs(case: dict, dtype=torch.float32):
     shape = (case["b"], case["n"], case["d"])
     log_a = (lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype)
     b = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    h0 = torch.randn(case["b"], case["d"], generator=g, dtype=torch.float64).to(dtype) if case["with_h0"] else None
+    h0 = torch.randn(case["b"], case["d"], generator=g, dtype=torch.float64).to(dtype)
+    if not case["with_h0"]:
+        h0 = None
     return log_a, b, h0
 
 
@@ -103,7 +105,8 @@ def test_gradients_match(case, method):
     leaves = [log_a, b] + ([h0] if h0 is not None else [])
     for t in leaves:
         t.requires_grad_(True)
-    weight = torch.randn(b.shape, generator=torch.Generator().manual_seed(case["seed"] + 1), dtype=torch.float64)
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    weight = torch.randn(b.shape, generator=g, dtype=torch.float64)
 
     def grads(fn):
         out = fn(log_a, b, h0)
@@ -145,5 +148,5 @@ def test_half_precision_inputs_keep_their_dtype():
     b = torch.randn(1, 40, 4, generator=g)
     out = chunked_linear_scan(log_a.bfloat16(), b.bfloat16(), 16)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), sequential_linear_scan(log_a.bfloat16().float(), b.bfloat16().float()),
-                               atol=3e-2, rtol=3e-2)
+    ref = sequential_linear_scan(log_a.bfloat16().float(), b.bfloat16().float())
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)

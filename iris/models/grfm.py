@@ -25,6 +25,11 @@ from .scan import chunked_linear_scan
 @lru_cache(maxsize=64)
 def _dft_mats(h: int, w: int, device: str) -> tuple[torch.Tensor, ...]:
     """Orthonormal DFT matrices for rfft2/irfft2 as matmuls (cached per grid size and device)."""
+    with torch.inference_mode(False):  # cached tensors must also serve autograd later
+        return _make_dft_mats(h, w, device)
+
+
+def _make_dft_mats(h: int, w: int, device: str) -> tuple[torch.Tensor, ...]:
     wf = w // 2 + 1
     n = torch.arange(w, dtype=torch.float64)
     k = torch.arange(wf, dtype=torch.float64)

@@ -233,7 +233,7 @@ class Trainer:
         self.optimizer.step()
         self.update_ema()
         self.step += 1
-        return {"step": self.step, "loss": float(loss), "grad_norm": float(grad_norm),
+        return {"step": self.step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                 "lr": self.lr_at(self.step - 1), **logs}
 
     def train(self, steps: int | None = None) -> list[dict[str, float]]:

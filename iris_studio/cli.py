@@ -1,0 +1,127 @@
+"""`iris-studio`: launch IRIS Studio in the browser.
+
+iris-studio                                   # bundled demo model, http://127.0.0.1:7860
+iris-studio --model owner/name --device cuda  # a hub model (downloaded into the hub cache)
+iris-studio --host 0.0.0.0 --auth me:secret   # reachable from the network: set a password
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iris-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="'demo' (bundled), a model folder, a hub id, or a variant name for random weights "
+        "(default: the one saved in settings)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the one saved in settings)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where results and the gallery live (default: the user data folder)",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--no-warmup", action="store_true", help="skip the background warm-up run after start")
+    p.add_argument("--max-file-size", default="25mb", help="largest upload accepted (default 25mb)")
+    return p
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("iris-studio: error: --auth expects USER:PASS")
+    return user, password
+
+
+def exposure_warning(host: str, share: bool, auth: tuple[str, str] | None) -> str | None:
+    """A warning when the app is reachable from other machines without a login."""
+    if auth is not None or not (share or host not in ("127.0.0.1", "localhost", "::1")):
+        return None
+    where = "a public share link" if share else f"{host} (every machine on your network)"
+    return f"serving on {where} with no login: anyone reaching it can use this machine. Add --auth USER:PASS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    auth = parse_auth(args.auth)
+    start = time.perf_counter()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    warning = exposure_warning(args.host, args.share, auth)
+    if warning:
+        print(f"iris-studio: warning: {warning}", file=sys.stderr)
+
+    from .settings import load_settings, settings_path
+
+    settings, warning = load_settings()
+    if warning:
+        print(f"iris-studio: warning: {warning}", file=sys.stderr)
+
+    from .engine import Engine
+    from .gallery import Gallery
+
+    engine = Engine(args.model or settings.model, args.device or settings.device)
+    loader = threading.Thread(target=engine.load_or_fallback, name="iris-load", daemon=True)
+    loader.start()  # torch + model load overlap with gradio's import
+    try:
+        gallery = Gallery(Path(args.output_dir) if args.output_dir else None)
+    except OSError as err:
+        print(f"iris-studio: error: cannot use output folder {args.output_dir}: {err}", file=sys.stderr)
+        return 2
+    from .app import build_app, launch
+
+    loader.join()
+    if engine.notice:
+        print(f"iris-studio: note: {engine.notice}".replace("**", ""), file=sys.stderr)
+    demo = build_app(
+        engine, settings, gallery, settings_file=settings_path(), warnings=[warning] if warning else []
+    )
+    try:
+        launch(
+            demo,
+            host=args.host,
+            port=args.port,
+            share=args.share,
+            auth=auth,
+            inbrowser=not args.no_browser,
+            prevent_thread_lock=True,
+            max_file_size=args.max_file_size,
+        )
+    except OSError as err:
+        print(f"iris-studio: error: cannot start the server: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"iris-studio: ready in {time.perf_counter() - start:.1f}s · results in {gallery.folder}", flush=True
+    )
+    if not args.no_warmup:
+        threading.Thread(target=engine.warmup, name="iris-warmup", daemon=True).start()
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""IRIS Studio in a real browser: Playwright driving Debian's chromium (/usr/bin/chromium, installed by .ci/run).
+
+Loads the page, types a prompt, generates and watches the live preview change, then paints a mask stroke on the
+Inpaint canvas, runs inpaint and checks that every pixel outside the stroke is unchanged. Screenshots go to a
+temp folder (printed; kept by pytest's tmp_path retention).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_studio_e2e import StudioProcess, input_image, make_test_model  # noqa: E402  (same folder)
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("IRIS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    base = tmp_path_factory.mktemp("browser")
+    config = base / "config"
+    config.mkdir()
+    settings = {"preview_interval_ms": 0, "preview_cost": 0.0, "steps": 2, "iterations": 3, "guidance": 3.0}
+    (config / "settings.json").write_text(json.dumps(settings))
+    studio = StudioProcess(make_test_model(base / "model"), config, base / "outputs", base / "studio.log")
+    yield studio, base
+    studio.stop()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def fetch_image(page, selector: str) -> Image.Image:
+    src = page.get_attribute(f"{selector} img", "src")
+    return Image.open(io.BytesIO(page.request.get(src).body()))
+
+
+def test_generate_shows_changing_previews_then_the_result(app, page):
+    studio, base = app
+    shots = base / "screenshots"
+    shots.mkdir(exist_ok=True)
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-prompt textarea")
+    page.screenshot(path=str(shots / "0-start.png"))
+    # record every preview image the page shows
+    page.evaluate("""() => {
+        window.__previews = [];
+        const root = document.querySelector('#generate-preview');
+        const seen = () => { const img = root.querySelector('img'); if (img && img.src &&
+            window.__previews[window.__previews.length - 1] !== img.src) window.__previews.push(img.src); };
+        new MutationObserver(seen).observe(root, {subtree: true, childList: true, attributes: true});
+    }""")
+    page.fill("#generate-prompt textarea", "a red apple on a blue background")
+    page.click("#generate-run")
+    page.wait_for_selector('#generate-status [data-state="done"]')
+    page.screenshot(path=str(shots / "1-generate.png"), full_page=True)
+    previews = page.evaluate("() => window.__previews")
+    assert len(previews) >= 2, previews  # the preview changed while the model iterated
+    images = {page.request.get(src).body() for src in previews}
+    assert len(images) >= 2
+    result = fetch_image(page, "#generate-result")
+    assert result.size == (128, 128)
+    assert "Done in" in page.inner_text("#generate-status")
+    print(f"screenshots: {shots}")
+
+
+def test_paint_a_mask_and_inpaint_keeps_everything_outside_it(app, page):
+    studio, base = app
+    shots = base / "screenshots"
+    source = input_image(base / "photo.png", (128, 128), seed=3)
+    page.click("button[role=tab]:has-text('Inpaint')")
+    page.set_input_files("#inpaint-editor input[type=file]", str(source))
+    page.wait_for_selector("#inpaint-editor canvas")
+    page.wait_for_timeout(800)
+    page.click("#inpaint-editor button[aria-label=Brush]")
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 50, cy - 10)
+    page.mouse.down()
+    for i in range(11):
+        page.mouse.move(cx - 50 + 10 * i, cy - 10 + 2 * i, steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "2-inpaint-stroke.png"))
+    page.fill("#inpaint-prompt textarea", "a yellow sun")
+    page.click("#inpaint-run")
+    page.wait_for_selector('#inpaint-status [data-state="done"]')
+    page.wait_for_selector("#inpaint-mask-used img")
+    page.screenshot(path=str(shots / "3-inpaint.png"), full_page=True)
+
+    mask = np.asarray(fetch_image(page, "#inpaint-mask-used").convert("L"))
+    result = np.asarray(fetch_image(page, "#inpaint-result").convert("RGB"))
+    before = np.asarray(Image.open(source).convert("RGB"))
+    assert mask.shape == before.shape[:2] == result.shape[:2]
+    assert set(np.unique(mask)) == {0, 255}  # made pure black/white
+    painted = mask == 255
+    assert 0.01 < painted.mean() < 0.6  # the stroke, not the whole image
+    ys, xs = np.nonzero(painted)
+    assert abs(xs.mean() - 64) < 24 and abs(ys.mean() - 64) < 24  # where it was painted: the middle
+    assert np.array_equal(result[~painted], before[~painted])  # outside the stroke: unchanged
+    assert not np.array_equal(result[painted], before[painted])  # inside: repainted

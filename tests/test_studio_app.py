@@ -1,0 +1,136 @@
+"""IRIS Studio's Blocks and handlers in-process (no server): build, live mode, send-to, restore, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+
+from iris_studio import metadata  # noqa: E402
+from iris_studio.app import Studio, build_app  # noqa: E402
+from iris_studio.engine import Engine  # noqa: E402
+from iris_studio.gallery import Gallery  # noqa: E402
+from iris_studio.settings import Settings, load_settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    base = tmp_path_factory.mktemp("app")
+    engine = Engine("nano")
+    engine.load()
+    settings = Settings(preview_interval_ms=0, preview_cost=0.0)
+    demo = build_app(engine, settings, Gallery(base / "out"), settings_file=base / "cfg" / "settings.json")
+    return demo.studio
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def run_all(studio: Studio, task: str, **controls):
+    values = [controls.get(name) for name in metadata.fields(task)]
+    return list(studio.run_task(task, tuple(values)))
+
+
+def test_the_app_has_every_tab_and_shared_controls(studio):
+    assert set(studio.tabs) == {"generate", "inpaint", "edit", "upscale", "control"}
+    for task, tab in studio.tabs.items():
+        assert set(metadata.fields(task)) == set(tab.controls)
+        assert tab.controls["iterations"].minimum == 1 and tab.controls["iterations"].maximum == 16
+    assert "random weights" in studio.header_md()
+    assert "random weights" in studio.notice_md()  # the random-weight model is labelled as such
+    assert "NFE **4**" in studio.budget_md(2, 3, 3.0, 64, 64, "euler")  # CFG doubles the NFE
+    assert "NFE **3**" in studio.budget_md(2, 3, 1.0, 64, 64, "heun")
+
+
+def test_a_run_streams_previews_then_saves_the_result(studio):
+    outputs = run_all(studio, "generate", prompt="a cat", seed=5, guidance=1.0, steps=1, iterations=2,
+                      sampler="euler", width=64, height=64)
+    assert "Starting" in outputs[0][1]
+    previews = [o for o in outputs[1:-1] if isinstance(o[0], Image.Image)]
+    assert len(previews) == 2
+    preview, status, path, params = outputs[-1]
+    assert 'data-state="done"' in status and params["seed"] == 5
+    assert Image.open(path).size == (64, 64) and str(studio.gallery.folder) in path
+    assert studio.reuse(params) == 5
+
+
+def test_live_mode_rerenders_with_the_last_seed(studio):
+    live = studio.live_runner("generate")
+    names = metadata.fields("generate")
+    values = dict(prompt="x", seed=-1, guidance=1.0, steps=1, iterations=1, sampler="euler", width=32, height=32)
+    args = [values.get(n) for n in names]
+    off = list(live(False, {"seed": 77}, *args))
+    assert len(off) == 1 and all(is_skip(v) for v in off[0])  # Live off: the slider release does nothing
+    on = list(live(True, {"seed": 77}, *args))
+    assert on[-1][3]["seed"] == 77  # same seed as the last run, new budget
+    fixed = list(live(True, {"seed": 77}, *[9 if n == "seed" else v for n, v in zip(names, args)]))
+    assert fixed[-1][3]["seed"] == 9  # an explicit seed wins
+
+
+def test_inpaint_needs_a_painted_mask_and_uses_it_black_and_white(studio):
+    image = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
+    editor = {"background": image.convert("RGBA"), "layers": [], "composite": None}
+    common = dict(prompt="x", seed=1, guidance=1.0, steps=1, iterations=1, sampler="euler", mask_blur=2,
+                  masked_only=False, padding=0)
+    with pytest.raises(gr.Error, match="Paint the area"):
+        list(studio.run_task("inpaint", (editor, None, *[common.get(n) for n in metadata.fields("inpaint")])))
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[16:40, 20:44] = (255, 255, 255, 255)
+    layer[50, 50] = (255, 255, 255, 40)  # faint: ignored
+    editor["layers"] = [Image.fromarray(layer, "RGBA")]
+    mask = np.asarray(studio.mask_preview(editor, None))
+    assert set(np.unique(mask)) == {0, 255} and mask[20, 30] == 255 and mask[50, 50] == 0
+    out = list(studio.run_task("inpaint", (editor, None, *[common.get(n) for n in metadata.fields("inpaint")])))
+    result = np.asarray(Image.open(out[-1][2]).convert("RGB"))
+    assert np.array_equal(result[mask == 0], np.asarray(image)[mask == 0])
+
+
+def test_engine_errors_become_gr_errors(studio):
+    with pytest.raises(gr.Error, match="seed must be between"):
+        run_all(studio, "generate", prompt="x", seed=2**70, guidance=1.0, steps=1, iterations=1, width=32,
+                height=32)
+    with pytest.raises(gr.Error, match="Upload an image"):
+        run_all(studio, "edit", prompt="x", seed=1, strength=0.5, steps=1, iterations=1)
+    with pytest.raises(gr.Error, match="control image is empty"):
+        list(studio.run_task("control", ({"background": Image.new("RGB", (32, 32), "white"), "layers": []},
+                                         *[None] * len(metadata.fields("control")))))
+    with pytest.raises(gr.Error, match="no folder|No folder"):
+        studio.load_model("Local folder", "/no/such/model", "nano", "cpu")
+    with pytest.raises(gr.Error):
+        studio.load_model("Hub id", "", "nano", "cpu")
+    assert studio.engine.info.random_weights  # still the model it had
+
+
+def test_send_to_and_restore(studio, tmp_path):
+    from iris.pngmeta import save_png
+
+    path = save_png(Image.new("RGB", (32, 32)), tmp_path / "r.png", {"task": "edit", "prompt": "p", "seed": 3,
+                                                                     "strength": 0.25, "iterations": 2})
+    value, tabs = studio.send("inpaint", str(path))
+    assert value == {"background": str(path), "layers": [], "composite": str(path)}
+    value, _ = studio.send("edit", str(path))
+    assert value == str(path)
+    restored = studio.restore("edit", str(path))
+    named = dict(zip(metadata.fields("edit"), restored))
+    assert named["strength"] == 0.25 and named["seed"] == 3 and is_skip(named["guidance"])
+    outputs = studio.gallery_restore({"task": "edit", "prompt": "p", "seed": 3, "strength": 0.25})
+    assert len(outputs) == sum(len(metadata.fields(t)) for t in studio.tabs) + 1
+    start = sum(len(metadata.fields(t)) for t in ("generate", "inpaint"))
+    edit_values = dict(zip(metadata.fields("edit"), outputs[start:]))
+    assert edit_values["prompt"] == "p" and edit_values["strength"] == 0.25
+
+
+def test_gallery_select_and_save_settings(studio):
+    items, files = studio.gallery_items()
+    assert items and len(items) == len(files)
+    selected, params, path = studio.gallery_select(files, gr.SelectData(None, {"index": 0, "value": None}))
+    assert selected == path and params["task"] in metadata.EXTRAS
+    message = studio.save_settings("", 3, 5, 2.0, 0, 0, True, 50, 0.2, "glass", 0.5, 0.3, 2, 16)
+    assert "Saved" in message
+    settings, warning = load_settings(studio.settings_file)
+    assert warning is None and (settings.steps, settings.iterations, settings.theme) == (3, 5, "glass")
+    with pytest.raises(gr.Error):
+        studio.save_settings("", 0, 5, 2.0, 0, 0, True, 50, 0.2, "glass", 0.5, 0.3, 2, 16)

@@ -1,0 +1,278 @@
+"""IRIS Studio end to end: `python app.py` launched in a subprocess, driven through gradio_client.
+
+The model is the nano variant with random (seeded, perturbed) weights and every adapter, saved to a temp folder
+and loaded as a local model folder; runs use 1-2 steps and 1-3 core iterations. Offline throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = {"negative_prompt": "", "guidance": 3.0, "steps": 2, "iterations": 2, "sampler": "euler"}
+
+
+def make_test_model(folder: Path) -> Path:
+    """A random-weight nano model folder with every adapter; weights perturbed so outputs depend on inputs."""
+    import torch
+
+    from iris import IrisPipeline, variant_config
+
+    cfg = variant_config("nano")
+    cfg.adapters = ["inpaint", "upscale", "control_canny", "control_scribble", "control_color"]
+    pipe = IrisPipeline.from_config(cfg, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (pipe.generator, pipe.adapters, pipe.previewer):
+            for p in module.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return pipe.save_pretrained(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StudioProcess:
+    """`python app.py ...` in a subprocess; `url` once it serves its page."""
+
+    def __init__(self, model: Path, config_dir: Path, output_dir: Path, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {**os.environ, "IRIS_STUDIO_CONFIG_DIR": str(config_dir), "HF_HUB_OFFLINE": "1",
+               "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+        self.log = log
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py", "--model", str(model), "--output-dir", str(output_dir), "--port",
+             str(self.port), "--no-browser", "--no-warmup"],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.startup_s = self._wait()
+
+    def _wait(self, timeout: float = 120.0) -> float:
+        while time.perf_counter() - self.started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"studio exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - self.started
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"studio did not start in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    base = tmp_path_factory.mktemp("studio")
+    config = base / "config"
+    config.mkdir()
+    # previews after every core iteration, unthrottled, so the stream can be counted exactly
+    (config / "settings.json").write_text(json.dumps({"preview_interval_ms": 0, "preview_cost": 0.0}))
+    return {"base": base, "config": config, "out": base / "outputs", "model": make_test_model(base / "model")}
+
+
+@pytest.fixture(scope="module")
+def studio(paths):
+    app = StudioProcess(paths["model"], paths["config"], paths["out"], paths["base"] / "studio.log")
+    client = Client(app.url, verbose=False)
+    yield app, client
+    app.stop()
+
+
+def input_image(path: Path, size=(128, 128), seed=0) -> Path:
+    rng = np.random.RandomState(seed)
+    Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def is_image_path(value) -> bool:
+    return isinstance(value, str) and Path(value).is_file()
+
+
+# -------------------------------------------------------------------------------------------------- tests
+def test_every_endpoint_returns_an_image_of_the_right_size(studio, paths):
+    _, client = studio
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/generate", "/inpaint", "/edit", "/upscale", "/control", "/stop", "/restore_generate",
+                 "/preprocess", "/gallery", "/load_model", "/save_settings", "/get_settings"):
+        assert name in api, name
+    image = handle_file(str(input_image(paths["base"] / "in.png", (96, 64))))
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (32, 16, 64, 48))
+    mask.save(paths["base"] / "mask.png")
+    editor = {"background": image, "layers": [], "composite": None}
+    calls = {
+        "/generate": (dict(prompt="a red apple", seed=1, width=128, height=96), (128, 96)),
+        "/edit": (dict(image=image, prompt="a cat", seed=2, strength=0.5), (96, 64)),
+        "/upscale": (dict(image=image, prompt="", seed=3, scale=2, strength=0.4, tile=512), (192, 128)),
+        "/inpaint": (dict(image=editor, mask=handle_file(str(paths["base"] / "mask.png")), prompt="a sun", seed=4,
+                          mask_blur=4, masked_only=False, padding=32), (96, 64)),
+        "/control": (dict(control_image=editor, prompt="a moon", seed=5, kind="canny", weight=1.0, start=0.0,
+                          end=1.0, preprocess=True, width=64, height=64), (64, 64)),
+    }
+    for name, (kwargs, size) in calls.items():
+        preview, status, result, params = client.predict(**kwargs, **BUDGET, api_name=name)
+        assert is_image_path(result), (name, status)
+        assert Image.open(result).size == size, name
+        assert params["task"] == name[1:] and params["seed"] == kwargs["seed"]
+        assert 'data-state="done"' in status
+
+    # inpaint keeps every pixel outside the mask
+    _, _, result, _ = client.predict(**calls["/inpaint"][0], **BUDGET, api_name="/inpaint")
+    before = np.asarray(Image.open(paths["base"] / "in.png").convert("RGB"))
+    after = np.asarray(Image.open(result).convert("RGB"))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(before[outside], after[outside])
+    assert not np.array_equal(before[~outside], after[~outside])
+
+    preview = client.predict(control_image=editor, kind="canny", preprocess=True, api_name="/preprocess")
+    assert Image.open(preview).size == (96, 64)
+
+
+def test_streaming_yields_one_preview_per_core_iteration_before_the_result(studio):
+    _, client = studio
+    job = client.submit(prompt="a blue square", seed=11, width=64, height=64, **{**BUDGET, "iterations": 3},
+                        api_name="/generate")
+    job.result(timeout=120)
+    outputs = job.outputs()
+    previews = [o for o in outputs if is_image_path(o[0]) and 'data-state="running"' in o[1]]
+    labels = [o[1].split('iris-status-text">')[1].split(" · ")[0:2] for o in previews]
+    assert len(previews) == 2 * 3, [o[1] for o in outputs]
+    assert labels[0] == ["step 1/2", "iteration 1/3"] and labels[-1] == ["step 2/2", "iteration 3/3"]
+    final = outputs[-1]
+    assert is_image_path(final[2]) and 'data-state="done"' in final[1]
+    assert all(not is_image_path(o[2]) for o in outputs[:-1])  # the result comes last, after every preview
+    assert len({Image.open(p[0]).tobytes() for p in previews}) > 1  # the preview changes as the model thinks
+
+
+def test_stop_cancels_a_long_run_and_the_next_run_works(studio):
+    _, client = studio
+    job = client.submit(prompt="long", seed=1, width=64, height=64,
+                        **{**BUDGET, "steps": 50, "iterations": 16}, api_name="/generate")
+    start = time.perf_counter()
+    while len(job.outputs()) < 3:  # running: a few previews streamed
+        assert time.perf_counter() - start < 60 and not job.done()
+        time.sleep(0.05)
+    stopped = time.perf_counter()
+    client.predict(api_name="/stop")
+    while not job.done():
+        assert time.perf_counter() - stopped < 20, "stop did not end the run"
+        time.sleep(0.05)
+    last = job.outputs()[-1]
+    assert 'data-state="cancelled"' in last[1] and "Stopped at step " in last[1] and "/50 · iteration" in last[1]
+    step = int(last[1].split("Stopped at step ")[1].split("/")[0])
+    assert step < 25  # far from the end: the run really stopped
+    assert not is_image_path(last[2])
+    _, status, result, params = client.predict(prompt="after stop", seed=2, width=64, height=64, **BUDGET,
+                                               api_name="/generate")
+    assert is_image_path(result) and params["prompt"] == "after stop"
+
+
+def test_png_metadata_round_trips_into_the_controls(studio):
+    from iris.pngmeta import read_params
+    from iris_studio import metadata
+
+    _, client = studio
+    _, _, result, params = client.predict(prompt="round trip", negative_prompt="ugly", seed=1234, guidance=2.5,
+                                          steps=1, iterations=3, sampler="heun", width=64, height=80,
+                                          api_name="/generate")
+    assert read_params(result) == params  # the served file is the saved PNG, chunk included
+    values = client.predict(png=handle_file(result), api_name="/restore_generate")
+    restored = dict(zip(metadata.fields("generate"), values[:-1]))
+    assert restored == {"prompt": "round trip", "negative_prompt": "ugly", "seed": 1234, "guidance": 2.5,
+                        "steps": 1, "iterations": 3, "sampler": "heun", "width": 64, "height": 80}
+    assert "seed 1234" in values[-1]
+    # another tab takes the settings it has
+    values = client.predict(png=handle_file(result), api_name="/restore_edit")
+    edit = dict(zip(metadata.fields("edit"), values[:-1]))
+    assert edit["prompt"] == "round trip" and edit["seed"] == 1234 and edit["iterations"] == 3
+    # a PNG without parameters changes nothing and says so
+    plain = Path(result).with_name("plain.png")
+    Image.new("RGB", (8, 8)).save(plain)
+    values = client.predict(png=handle_file(str(plain)), api_name="/restore_generate")
+    assert "no IRIS parameters" in values[-1]
+
+
+def test_results_land_in_the_gallery_folder(studio, paths):
+    _, client = studio
+    listing = client.predict(api_name="/gallery")
+    assert Path(listing["folder"]) == paths["out"].resolve()
+    entries = listing["entries"]
+    assert len(entries) >= 6 and {"generate", "edit", "upscale", "inpaint", "control"} <= {e["task"] for e in entries}
+    for e in entries:
+        assert (paths["out"] / e["file"]).is_file()
+    index = json.loads((paths["out"] / "index.json").read_text())
+    assert len(index["entries"]) == len(entries)
+
+
+def test_errors_are_messages_not_tracebacks(studio, paths):
+    from gradio_client.exceptions import AppError
+
+    _, client = studio
+    image = handle_file(str(input_image(paths["base"] / "in2.png")))
+    with pytest.raises(AppError) as err:
+        client.predict(image={"background": image, "layers": [], "composite": None}, mask=None, prompt="x",
+                       seed=1, mask_blur=0, masked_only=False, padding=0, **BUDGET, api_name="/inpaint")
+    assert "Paint the area" in str(err.value) and "Traceback" not in str(err.value)
+    with pytest.raises(AppError) as err:  # an engine InvalidInputError
+        client.predict(prompt="x", seed=2**70, width=64, height=64, **BUDGET, api_name="/generate")
+    assert "seed must be between" in str(err.value)
+    with pytest.raises(AppError) as err:  # the UI's own range checks
+        client.predict(prompt="x", seed=1, width=64, height=64, **{**BUDGET, "steps": 0}, api_name="/generate")
+    assert "minimum" in str(err.value)
+    with pytest.raises(AppError) as err:  # offline hub: a clear message, and the old model stays
+        client.predict(source="Hub id", location="nobody/no-such-iris-model", variant="nano", device="cpu",
+                       api_name="/load_model")
+    assert "hub" in str(err.value).lower() and "Traceback" not in str(err.value)
+    _, _, result, _ = client.predict(prompt="still fine", seed=1, width=64, height=64, **BUDGET, api_name="/generate")
+    assert is_image_path(result)
+
+
+def test_settings_survive_a_restart(studio, paths):
+    app, client = studio
+    saved = client.predict(negative_prompt="blurry", steps=3, iterations=5, guidance=2.5, width=0, height=0,
+                           live=True, preview_interval_ms=0, preview_cost=0.0, theme="ocean", edit_strength=0.7,
+                           upscale_strength=0.3, mask_blur=6, padding=16, api_name="/save_settings")
+    assert "Saved" in saved
+    app.stop()
+    again = StudioProcess(paths["model"], paths["config"], paths["out"], paths["base"] / "studio2.log")
+    try:
+        client2 = Client(again.url, verbose=False)
+        settings = client2.predict(api_name="/get_settings")
+        assert (settings["negative_prompt"], settings["steps"], settings["iterations"], settings["theme"]) == (
+            "blurry", 3, 5, "ocean")
+        values = {c["props"].get("elem_id"): c["props"].get("value") for c in client2.config["components"]}
+        assert values["generate-steps"] == 3 and values["generate-iterations"] == 5
+        assert values["inpaint-negative"] == "blurry" and values["edit-live"] is True
+        assert values["generate-guidance"] == 2.5
+        # history survives too
+        assert len(client2.predict(api_name="/gallery")["entries"]) >= 6
+    finally:
+        again.stop()

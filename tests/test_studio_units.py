@@ -1,0 +1,239 @@
+"""IRIS Studio's pieces without a server: settings, gallery, PNG metadata, masks, engine runs, command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iris_studio import metadata
+from iris_studio.cli import build_parser, exposure_warning, parse_auth
+from iris_studio.gallery import Gallery
+from iris_studio.masks import editor_mask, is_blank
+from iris_studio.settings import Settings, load_settings, save_settings, settings_path
+
+
+# ------------------------------------------------------------------------------------------------- settings
+def test_settings_round_trip_and_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRIS_STUDIO_CONFIG_DIR", str(tmp_path / "cfg"))
+    assert settings_path() == tmp_path / "cfg" / "settings.json"
+    assert load_settings() == (Settings(), None)  # missing file: defaults, no warning
+    s = Settings().updated(steps=3, iterations=5, theme="ocean", negative_prompt="blurry", live=True)
+    save_settings(s)
+    assert load_settings() == (s, None)
+    assert [p.name for p in (tmp_path / "cfg").iterdir()] == ["settings.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "", "\x00\x01"])
+def test_damaged_settings_fall_back_to_defaults_and_say_so(tmp_path, text):
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    settings, warning = load_settings(path)
+    assert settings == Settings()
+    assert warning and "settings" in warning and "default" in warning
+
+
+def test_bad_fields_are_dropped_one_by_one(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"steps": 3, "iterations": "many", "guidance": 99, "theme": "nope", "extra": 1}))
+    settings, warning = load_settings(path)
+    assert settings.steps == 3
+    assert settings.iterations == Settings().iterations and settings.guidance == Settings().guidance
+    assert settings.theme == Settings().theme
+    assert "iterations" in warning and "guidance" in warning
+    with pytest.raises(KeyError):
+        Settings().updated(nonsense=1)
+    with pytest.raises(ValueError):
+        Settings().updated(steps=0)
+
+
+# -------------------------------------------------------------------------------------------------- gallery
+def _image(color=(200, 30, 30)) -> Image.Image:
+    return Image.new("RGB", (32, 24), color)
+
+
+def test_gallery_saves_pngs_with_params_and_lists_newest_first(tmp_path):
+    from iris.pngmeta import read_params
+
+    g = Gallery(tmp_path / "out")
+    p1 = g.add(_image(), {"task": "generate", "prompt": "first", "seed": 1, "steps": 2})
+    p2 = g.add(_image((0, 0, 255)), {"task": "edit", "prompt": "second", "seed": 2, "strength": 0.5})
+    assert p1.is_file() and p2.is_file() and p1.parent.parent == g.folder
+    assert read_params(p2)["strength"] == 0.5
+    assert [e.prompt for e in g.entries()] == ["second", "first"]
+    index = json.loads((g.folder / "index.json").read_text())
+    assert [e["file"] for e in index["entries"]] == [e.file for e in reversed(g.entries())]
+    assert not list(g.folder.glob(".index-*"))  # atomic writes leave no temp files
+    again = Gallery(tmp_path / "out")  # a restart reads the index
+    assert [e.to_dict() for e in again.entries()] == [e.to_dict() for e in g.entries()]
+
+
+def test_damaged_gallery_index_is_rebuilt_from_the_images(tmp_path):
+    g = Gallery(tmp_path)
+    g.add(_image(), {"task": "generate", "prompt": "kept", "seed": 7})
+    (tmp_path / "index.json").write_text('{"version": 1, "entries": [')
+    again = Gallery(tmp_path)
+    assert again.warning and "damaged" in again.warning
+    assert [(e.prompt, e.seed) for e in again.entries()] == [("kept", 7)]
+    assert (tmp_path / "index.json.damaged").is_file()
+    json.loads((tmp_path / "index.json").read_text())  # rewritten, valid
+
+
+def test_gallery_is_safe_from_threads(tmp_path):
+    g = Gallery(tmp_path)
+    threads = [threading.Thread(target=g.add, args=(_image(), {"task": "generate", "seed": i})) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(Gallery(tmp_path).entries()) == 8
+    assert len(list(tmp_path.glob("*/*.png"))) == 8
+
+
+# ------------------------------------------------------------------------------------------------- metadata
+def test_controls_from_params_keeps_types_and_skips_missing():
+    params = {"task": "generate", "prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2, "steps": 3,
+              "iterations": 5.0, "sampler": "heun", "width": 96, "height": 64, "strength": "x"}
+    values = dict(zip(metadata.fields("generate"), metadata.controls_from_params(params, "generate")))
+    assert values == {"prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2.0, "steps": 3,
+                      "iterations": 5, "sampler": "heun", "width": 96, "height": 64}
+    edit = dict(zip(metadata.fields("edit"), metadata.controls_from_params({"strength": True, "seed": 1.5}, "edit")))
+    assert edit["strength"] is metadata.SKIP and edit["seed"] is metadata.SKIP and edit["prompt"] is metadata.SKIP
+    assert metadata.controls_from_params(None, "inpaint") == [metadata.SKIP] * len(metadata.fields("inpaint"))
+
+
+def test_read_png_params(tmp_path):
+    from iris.pngmeta import save_png
+
+    save_png(_image(), tmp_path / "a.png", {"prompt": "p", "seed": 3})
+    _image().save(tmp_path / "plain.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    assert metadata.read_png_params(tmp_path / "a.png") == {"prompt": "p", "seed": 3}
+    assert metadata.read_png_params(tmp_path / "plain.png") is None
+    assert metadata.read_png_params(tmp_path / "junk.png") is None
+    assert metadata.read_png_params(None) is None
+    assert "seed 3" in metadata.describe({"prompt": "p", "seed": 3})
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def test_editor_mask_is_pure_black_and_white():
+    layer = np.zeros((20, 30, 4), np.uint8)
+    layer[5:10, 5:15, 3] = 255
+    layer[12, 20, 3] = 60  # faint anti-aliased edge: below the threshold
+    layer[14, 22, 3] = 200  # partial but mostly painted: in
+    value = {"background": Image.new("RGB", (30, 20)), "layers": [Image.fromarray(layer, "RGBA")]}
+    mask = editor_mask(value, (60, 40))  # a different size: resized (nearest) to the image
+    a = np.asarray(mask)
+    assert mask.mode == "L" and mask.size == (60, 40) and set(np.unique(a)) == {0, 255}
+    assert a[15, 15] == 255 and a[24, 40] == 0 and a[28, 44] == 255
+    assert editor_mask({"background": None, "layers": []}, (8, 8)) is None
+    assert editor_mask(None, (8, 8)) is None
+    scribble = Image.new("RGB", (8, 8), "white")
+    assert is_blank(scribble)
+    scribble.putpixel((3, 3), (0, 0, 0))
+    assert not is_blank(scribble)
+
+
+# -------------------------------------------------------------------------------------------- command line
+def test_command_line_defaults_and_auth():
+    args = build_parser().parse_args([])
+    assert args.host == "127.0.0.1" and not args.share and args.port is None
+    args = build_parser().parse_args(["--host", "0.0.0.0", "--port", "9000", "--share", "--model", "nano",
+                                      "--device", "cpu", "--output-dir", "/tmp/x", "--no-browser",
+                                      "--auth", "me:pw"])
+    assert (args.port, args.model, args.output_dir, args.no_browser) == (9000, "nano", "/tmp/x", True)
+    assert parse_auth("me:p:w") == ("me", "p:w")
+    with pytest.raises(SystemExit):
+        parse_auth("nopassword")
+    assert exposure_warning("127.0.0.1", False, None) is None
+    assert "--auth" in exposure_warning("0.0.0.0", False, None)
+    assert "--auth" in exposure_warning("127.0.0.1", True, None)
+    assert exposure_warning("0.0.0.0", True, ("a", "b")) is None
+
+
+# --------------------------------------------------------------------------------------------------- engine
+@pytest.fixture(scope="module")
+def engine():
+    from iris_studio.engine import Engine
+
+    e = Engine("nano")
+    e.load()
+    return e
+
+
+def test_engine_streams_one_preview_per_core_iteration(engine):
+    updates = list(engine.run("generate", {"prompt": "a cat", "steps": 2, "iterations": 3, "seed": 1,
+                                           "guidance": 1.0, "width": 64, "height": 64},
+                              interval=0.0, preview_fraction=None))
+    previews = [u for u in updates if u.kind == "preview"]
+    assert len(previews) == 6 and all(u.image is not None for u in previews)
+    assert [u.label for u in previews][:2] == ["step 1/2 · iteration 1/3", "step 1/2 · iteration 2/3"]
+    assert [round(u.progress, 3) for u in previews] == [round(i / 6, 3) for i in range(1, 7)]
+    assert updates[-1].kind == "done" and updates[-1].result.image.size == (64, 64)
+    assert engine.estimate(2, 3, 1.0, 64, 64) is not None  # measured speed
+    b = engine.budget(2, 3, 3.0)
+    assert b["nfe"] == 4 and b["depth"] == engine.pipe.effective_depth(3)
+
+
+def test_engine_throttles_previews(engine):
+    updates = list(engine.run("generate", {"prompt": "", "steps": 2, "iterations": 4, "seed": 1, "guidance": 1.0,
+                                           "width": 32, "height": 32}, interval=3600.0, preview_fraction=None))
+    assert [u.kind for u in updates] == ["preview", "done"]  # first preview, then nothing until the result
+
+
+def test_engine_cancel_stops_within_an_iteration_and_recovers(engine):
+    seen = []
+    run = engine.run("generate", {"prompt": "", "steps": 50, "iterations": 16, "seed": 1, "guidance": 1.0,
+                                  "width": 32, "height": 32}, interval=0.0, preview_fraction=None)
+    for update in run:
+        seen.append(update)
+        if len(seen) == 2:
+            assert engine.busy and engine.cancel()
+    assert seen[-1].kind == "cancelled" and len(seen) <= 4
+    assert not engine.busy
+    done = list(engine.run("generate", {"prompt": "", "steps": 1, "iterations": 1, "seed": 2, "guidance": 1.0,
+                                        "width": 32, "height": 32}))
+    assert done[-1].kind == "done"
+
+
+def test_engine_stops_the_worker_when_the_consumer_goes_away(engine):
+    run = engine.run("generate", {"prompt": "", "steps": 50, "iterations": 16, "seed": 1, "guidance": 1.0,
+                                  "width": 32, "height": 32}, interval=0.0, preview_fraction=None)
+    next(run)
+    run.close()  # what gradio does when the browser tab closes
+    start = time.perf_counter()
+    while engine._run_lock.locked() and time.perf_counter() - start < 10:
+        time.sleep(0.02)
+    assert not engine._run_lock.locked()
+
+
+def test_engine_errors_are_iris_errors(engine):
+    from iris.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        list(engine.run("generate", {"prompt": "", "steps": 0, "iterations": 1, "seed": 0}))
+    assert not engine.busy
+
+
+def test_missing_demo_model_falls_back_to_random_nano_with_a_notice(tmp_path, monkeypatch):
+    from iris.errors import ModelLoadError
+    from iris_studio.engine import Engine
+
+    monkeypatch.setenv("IRIS_DEMO_MODEL", str(tmp_path / "nowhere"))
+    e = Engine("demo")
+    info = e.load_or_fallback()
+    assert info.random_weights and "random-weight" in e.notice and "demo model is not installed" in e.notice
+    with pytest.raises(ModelLoadError):
+        e.load(str(tmp_path / "no-such-folder"))
+    assert e.info.random_weights  # the old model stays
+    e2 = Engine(str(tmp_path / "no-such-folder"))
+    e2.load_or_fallback()
+    assert "Could not load model" in e2.notice and e2.info.random_weights
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        with pytest.raises(ModelLoadError):  # HubOfflineError is a ModelLoadError
+            e.load("someone/not-cached-model")

@@ -1,0 +1,280 @@
+"""Training pipeline: data sources, deterministic batches, every stage, exact resume, DDP, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iris import IrisPipeline
+from iris.config import GeneratorConfig, IrisConfig, SamplerConfig, TextConfig, VAEConfig
+from iris.train.config import DataConfig, TrainConfig
+from iris.train.data import BatchStream, build_dataset, bucket_size
+from iris.train.trainer import Trainer
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 40)}
+
+
+def tiny_config() -> IrisConfig:
+    return IrisConfig(
+        name="iris-test",
+        resolution=32,
+        vae=VAEConfig(channels=(8, 8, 8)),
+        text=TextConfig(kind="tiny", dim=32, max_length=16, layers=1, heads=2),
+        generator=GeneratorConfig(dim=32, heads=2, text_dim=32, afno_blocks=2, window=4, train_iterations=(1, 3),
+                                  backprop_iterations=1),
+        sampler=SamplerConfig(steps=1, iterations=2, guidance=2.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    IrisPipeline.from_config(tiny_config(), seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny model whose generator is off its zero init (as after base training), for adapter stages."""
+    folder = tmp_path_factory.mktemp("base")
+    pipe = IrisPipeline.from_config(tiny_config(), seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pipe.generator.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def square_image(color: tuple[int, int, int], size: int = 40) -> Image.Image:
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:] = color
+    a[size // 4 : size // 2, size // 4 : size // 2] = 255
+    return Image.fromarray(a)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    for name, rgb in COLORS.items():
+        square_image(rgb).save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(f"a white square on {name}")
+    return root
+
+
+def run_cfg(model: Path, out: Path, stage: str, data: DataConfig, **kw) -> TrainConfig:
+    base = dict(stage=stage, model=str(model), out_dir=str(out), steps=6, batch_size=4, log_every=1, save_every=0,
+                sample_every=0, export_dtype="float32", data=data)
+    base.update(kw)
+    cfg = TrainConfig(**base)
+    cfg.optim.warmup_steps = 1
+    cfg.optim.lr = 2e-3
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------- data sources
+
+
+def test_image_folder_reads_captions(image_folder):
+    ds = build_dataset(DataConfig(source="folder", path=str(image_folder), size=32))
+    assert len(ds) == 4
+    captions = sorted(ds.load(i, __import__("random").Random(0))["caption"] for i in range(4))
+    assert captions == sorted(f"a white square on {n}" for n in COLORS)
+    sample = ds.load(0, __import__("random").Random(0))
+    assert sample["image"].shape == (3, 32, 32) and -1 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1
+
+
+def test_class_folders_give_labels(tmp_path):
+    for name, rgb in COLORS.items():
+        (tmp_path / name).mkdir()
+        for j in range(2):
+            square_image(rgb).save(tmp_path / name / f"{j}.png")
+    ds = build_dataset(DataConfig(source="classes", path=str(tmp_path), size=16))
+    assert ds.classes == sorted(COLORS)
+    labels = {ds.records[i].label: ds.records[i].caption for i in range(len(ds))}
+    assert labels == dict(enumerate(sorted(COLORS)))
+
+
+def test_jsonl_manifest_scores_and_filter(tmp_path, image_folder):
+    lines = [json.dumps({"path": str(image_folder / f"{n}.png"), "caption": n, "class": i, "score": float(i)})
+             for i, n in enumerate(COLORS)]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    ds = build_dataset(DataConfig(source="jsonl", path=str(tmp_path / "m.jsonl"), size=16))
+    assert [r.score for r in ds.records] == [0.0, 1.0, 2.0, 3.0]
+    kept = build_dataset(DataConfig(source="jsonl", path=str(tmp_path / "m.jsonl"), size=16, min_score=2.0))
+    assert [r.caption for r in kept.records] == list(COLORS)[2:]
+    (tmp_path / "bad.jsonl").write_text('{"caption": "no path"}\n')
+    with pytest.raises(ValueError, match="path"):
+        build_dataset(DataConfig(source="jsonl", path=str(tmp_path / "bad.jsonl")))
+
+
+def test_tar_shards(tmp_path, image_folder):
+    for shard, names in enumerate((list(COLORS)[:2], list(COLORS)[2:])):
+        with tarfile.open(tmp_path / f"shard-{shard:04d}.tar", "w") as tar:
+            for n in names:
+                tar.add(image_folder / f"{n}.png", arcname=f"{n}.png")
+                meta = tmp_path / f"{n}.json"
+                meta.write_text(json.dumps({"caption": f"shard caption {n}", "score": 1.5}))
+                tar.add(meta, arcname=f"{n}.json")
+    ds = build_dataset(DataConfig(source="tar", path=str(tmp_path), size=16))
+    assert sorted(r.caption for r in ds.records) == sorted(f"shard caption {n}" for n in COLORS)
+    assert ds.load(0, __import__("random").Random(0))["image"].shape == (3, 16, 16)
+
+
+def test_emoji_source_is_procedural():
+    pytest.importorskip("iris.train.emoji")
+    from iris.train.emoji import find_emoji_font
+
+    try:
+        find_emoji_font()
+    except FileNotFoundError:
+        pytest.skip("emoji font not installed (apt-get install fonts-noto-color-emoji)")
+    ds = build_dataset(DataConfig(source="emoji", size=64))
+    a, b = BatchStream(ds, 2, seed=0).batch(0), BatchStream(ds, 2, seed=0).batch(0)
+    assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
+    assert a["image"].shape == (2, 3, 64, 64) and "alpha" in a
+
+
+def test_buckets_and_stream_determinism(image_folder):
+    assert bucket_size(64, 400, 300) == (80, 48) or bucket_size(64, 400, 300)[0] > bucket_size(64, 400, 300)[1]
+    assert bucket_size(64, 300, 400)[0] < bucket_size(64, 300, 400)[1]
+    ds = build_dataset(DataConfig(source="folder", path=str(image_folder), size=16))
+    s0, s1 = BatchStream(ds, 2, seed=1, rank=0, world=2), BatchStream(ds, 2, seed=1, rank=1, world=2)
+    seen = s0.indices(0) + s1.indices(0) + s0.indices(1) + s1.indices(1)
+    assert sorted(seen[:4]) == [0, 1, 2, 3]  # ranks split one epoch without overlap
+    assert s0.indices(5) == BatchStream(ds, 2, seed=1, rank=0, world=2).indices(5)
+
+
+# --------------------------------------------------------------------------------------------------- stages
+
+
+def losses_fall(history: list[dict], key: str = "loss") -> bool:
+    vals = [h[key] for h in history]
+    assert all(np.isfinite(vals))
+    k = max(2, len(vals) // 4)
+    return float(np.mean(vals[-k:])) < float(np.mean(vals[:k]))
+
+
+@pytest.mark.parametrize("stage", ["vae", "text", "aesthetic", "class"])
+def test_stage_loss_falls(stage, tiny_model, image_folder, tmp_path):
+    source = "classes" if stage == "class" else "folder"
+    path = image_folder
+    if stage == "class":
+        path = tmp_path / "classes"
+        for name, rgb in COLORS.items():
+            (path / name).mkdir(parents=True)
+            square_image(rgb).save(path / name / "0.png")
+    data = DataConfig(source=source, path=str(path), size=32, random_crop=False)
+    cfg = run_cfg(tiny_model, tmp_path / "run", stage, data, steps=30, text_dropout=0.0)
+    trainer = Trainer(cfg)
+    history = trainer.train()
+    assert len(history) == 30
+    assert losses_fall(history), [round(h["loss"], 4) for h in history]
+    exported = trainer.export()
+    pipe = IrisPipeline.from_pretrained(exported)
+    out = pipe.generate("a white square on red", steps=1, iterations=2)
+    assert out.images[0].size == (32, 32)
+    if stage == "class":
+        assert pipe.config.generator.num_classes == 4
+
+
+def test_distill_stage_runs_and_sets_sampler(tiny_model, image_folder, tmp_path):
+    data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
+    trainer = Trainer(run_cfg(tiny_model, tmp_path / "d", "distill", data, steps=12, distill_intervals=4))
+    history = trainer.train()
+    assert all(np.isfinite(h["loss"]) for h in history)
+    pipe = IrisPipeline.from_pretrained(trainer.export())
+    assert pipe.config.distilled and pipe.config.sampler.sampler == "consistency"
+    assert pipe.generate("x", steps=2, iterations=1).images[0].size == (32, 32)
+
+
+@pytest.mark.parametrize("stage", ["inpaint", "upscale", "control"])
+def test_adapter_stages_train_only_the_adapter(stage, base_model, image_folder, tmp_path):
+    if stage == "control":
+        pytest.importorskip("iris.control")
+    data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
+    trainer = Trainer(run_cfg(base_model, tmp_path / stage, stage, data, steps=8))
+    before = {k: v.clone() for k, v in trainer.pipe.generator.state_dict().items()}
+    history = trainer.train()
+    assert all(np.isfinite(h["loss"]) for h in history)
+    after = trainer.pipe.generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "base generator must stay frozen"
+    name = {"control": "control_canny"}.get(stage, stage)
+    adapter = trainer.pipe.adapters[name]
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in adapter.named_parameters() if "proj" in n)
+    pipe = IrisPipeline.from_pretrained(trainer.export())
+    assert name in pipe.adapters
+
+
+# --------------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_repeats_the_uninterrupted_run(tiny_model, image_folder, tmp_path):
+    data = DataConfig(source="folder", path=str(image_folder), size=32)
+    straight = Trainer(run_cfg(tiny_model, tmp_path / "a", "text", data, steps=6)).train()
+    first = Trainer(run_cfg(tiny_model, tmp_path / "b", "text", data, steps=6, save_every=3))
+    part1 = first.train(steps=3)
+    del first
+    second = Trainer(run_cfg(tiny_model, tmp_path / "b", "text", data, steps=6, save_every=3))
+    assert second.step == 3
+    part2 = second.train()
+    assert [h["loss"] for h in straight] == [h["loss"] for h in part1 + part2]
+
+
+# ------------------------------------------------------------------------------------------------------ DDP
+
+DDP_SCRIPT = r"""
+import json, os, sys, torch
+from iris.train.config import DataConfig, TrainConfig
+from iris.train.trainer import Trainer
+model, images, out = sys.argv[1:4]
+cfg = TrainConfig(stage="text", model=model, out_dir=out, steps=4, batch_size=2, log_every=1, save_every=0,
+                  sample_every=0, device="cpu", data=DataConfig(source="folder", path=images, size=32))
+t = Trainer(cfg)
+t.train()
+flat = torch.cat([p.detach().flatten() for p in t.params.values()])
+json.dump({"sum": float(flat.double().sum()), "first": flat[:8].tolist()},
+          open(os.path.join(out, f"rank{t.rank}.json"), "w"))
+t.close()
+"""
+
+
+def test_two_process_gloo_keeps_ranks_identical(tiny_model, image_folder, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), str(tiny_model), str(image_folder), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0 == r1
+    start = IrisPipeline.from_pretrained(tiny_model).generator
+    assert r0["sum"] != float(torch.cat([p.flatten() for p in start.parameters()]).double().sum())
+
+
+def test_config_from_toml_and_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('stage = "vae"\nsteps = 7\n[data]\nsource = "folder"\n[optim]\nlr = 0.01\n')
+    cfg = TrainConfig.from_toml(f, ["optim.lr=0.5", "data.size=64", "iterations=[2, 4]"])
+    assert (cfg.stage, cfg.steps, cfg.optim.lr, cfg.data.size, cfg.iterations) == ("vae", 7, 0.5, 64, (2, 4))
+    f.write_text('stage = "nope"\n')
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig.from_toml(f)
+    f.write_text("bogus = 1\n")
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_toml(f)
