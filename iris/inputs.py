@@ -98,7 +98,8 @@ def open_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if size == 0:
             raise InvalidInputError(f"image file {path.name} is empty")
         if size > MAX_FILE_BYTES:
-            raise InvalidInputError(f"image file {path.name} is {size >> 20} MB; the limit is {MAX_FILE_BYTES >> 20} MB")
+            limit = MAX_FILE_BYTES >> 20
+            raise InvalidInputError(f"image file {path.name} is {size >> 20} MB; the limit is {limit} MB")
         image = _decode(path, path.name, max_pixels)
     else:
         raise InvalidInputError(f"cannot read an image from {type(source).__name__}")

@@ -18,7 +18,7 @@ from PIL import Image
 from iris import IrisPipeline
 from iris.config import GeneratorConfig, IrisConfig, SamplerConfig, TextConfig, VAEConfig
 from iris.train.config import DataConfig, TrainConfig
-from iris.train.data import BatchStream, build_dataset, bucket_size
+from iris.train.data import BatchStream, bucket_size, build_dataset
 from iris.train.trainer import Trainer
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 40)}
@@ -91,7 +91,8 @@ def test_image_folder_reads_captions(image_folder):
     captions = sorted(ds.load(i, __import__("random").Random(0))["caption"] for i in range(4))
     assert captions == sorted(f"a white square on {n}" for n in COLORS)
     sample = ds.load(0, __import__("random").Random(0))
-    assert sample["image"].shape == (3, 32, 32) and -1 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1
+    assert sample["image"].shape == (3, 32, 32)
+    assert -1 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1
 
 
 def test_class_folders_give_labels(tmp_path):

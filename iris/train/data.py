@@ -47,10 +47,13 @@ def bucket_size(size: int, width: int, height: int, multiple: int = 16) -> tuple
     aspect = width / max(height, 1)
     bw, bh = min(BUCKETS, key=lambda r: abs(np.log(r[0] / r[1]) - np.log(aspect)))
     scale = (size * size / (bw * bh)) ** 0.5
-    return (max(multiple, round(bw * scale / multiple) * multiple), max(multiple, round(bh * scale / multiple) * multiple))
+    snap = lambda v: max(multiple, round(v * scale / multiple) * multiple)
+    return snap(bw), snap(bh)
 
 
-def prepare_image(image: Image.Image, out_w: int, out_h: int, rng: random.Random, crop: bool, flip: bool) -> torch.Tensor:
+def prepare_image(
+    image: Image.Image, out_w: int, out_h: int, rng: random.Random, crop: bool, flip: bool
+) -> torch.Tensor:
     """Resize to cover (out_w, out_h), crop (random or centre), maybe flip -> [3, out_h, out_w] in [-1, 1]."""
     scale = max(out_w / image.width, out_h / image.height)
     w, h = max(out_w, round(image.width * scale)), max(out_h, round(image.height * scale))

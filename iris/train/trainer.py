@@ -16,7 +16,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -154,7 +153,8 @@ class Trainer:
         tmp.mkdir(parents=True)
         self.pipe.save_pretrained(tmp / "model")
         save_file({k: v.contiguous().cpu() for k, v in self.ema.items()}, str(tmp / "ema.safetensors"))
-        save_file({k: p.detach().contiguous().cpu() for k, p in self.params.items()}, str(tmp / "trainable.safetensors"))
+        current = {k: p.detach().contiguous().cpu() for k, p in self.params.items()}
+        save_file(current, str(tmp / "trainable.safetensors"))
         names = list(self.params)
         opt_tensors, groups = {}, self.optimizer.state_dict()
         for idx, state in groups["state"].items():
@@ -290,8 +290,9 @@ class Trainer:
             else:
                 tiles = []
                 for caption in batch["caption"][:8]:
-                    tiles += self.pipe.generate(caption or "an image", seed=0, steps=min(4, self.pipe.config.sampler.steps),
-                                                iterations=self.pipe.config.sampler.iterations).images
+                    s = self.pipe.config.sampler
+                    tiles += self.pipe.generate(caption or "an image", seed=0, steps=min(4, s.steps),
+                                                iterations=s.iterations).images
         for module in self.stage.trainable().values():
             module.train()
         w, h = tiles[0].size
