@@ -75,6 +75,7 @@ class TrainConfig:
     high_band_weight: float = 2.0
     disc_weight: float = 0.0  # > 0 turns on the patch discriminator after disc_start steps
     disc_start: int = 1000
+    train_encoder: bool = True  # False: fine-tune the decoder only, keeping the latent space fixed
     # distillation (consistency distillation from a teacher with the flow ODE)
     teacher: str = ""  # model folder; empty = the starting model
     distill_intervals: int = 16  # discretisation of [0, 1] for consistency distillation

@@ -96,14 +96,15 @@ class VAEStage(Stage):
         self.step = 0
 
     def trainable(self) -> dict[str, nn.Module]:
-        parts: dict[str, nn.Module] = {"vae": self.vae}
+        parts: dict[str, nn.Module] = {"vae": self.vae} if self.cfg.train_encoder else {"decoder": self.vae.decoder}
         if self.disc is not None:
             parts["disc"] = self.disc
         return parts
 
     def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["image"]
-        mean, logvar = self.vae.moments(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_encoder):
+            mean, logvar = self.vae.moments(x)
         z = mean + randn(tuple(mean.shape), rng, mean) * (0.5 * logvar).exp()
         from ..models.wavelet import idwt
 
