@@ -140,6 +140,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, file_sizes
+
+    pipe = load_pipeline(args.model, "cpu", args.seed)
+    manifest = export_onnx(pipe, args.out_dir, resolutions=args.resolution, fp16=args.fp16, opset=args.opset)
+    for name, size in file_sizes(manifest).items():
+        print(f"{name:<28} {size / 1e6:8.2f} MB")
+    print(f"wrote {Path(args.out_dir) / 'manifest.json'} ({manifest['model']}, {manifest['dtype']}, "
+          f"{', '.join(manifest['resolutions'])}, {manifest['total_bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iris", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     _budget_args(p)
     p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("export", help="export to ONNX for mobile and edge runtimes (needs the onnx extra)")
+    p.add_argument("out_dir")
+    p.add_argument("--model", "-m", help="model folder, hub id or variant name for random weights (default: demo)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute (inputs and outputs stay float32)")
+    p.add_argument("--resolution", action="append", help="WIDTH or WIDTHxHEIGHT; repeatable (default: native)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--seed", type=int, default=0, help="weight seed of a random-weight variant")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="parameter counts and effective depth")
     p.add_argument("--model", "-m", help="model folder, hub id or variant name (default: demo)")

@@ -115,7 +115,39 @@ class IrisConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IrisConfig:
-        return _build(cls, data, "config")
+        config = _build(cls, data, "config")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ModelLoadError naming the first setting that cannot describe a working model."""
+        from .errors import ModelLoadError
+
+        g, v, t = self.generator, self.vae, self.text
+        checks = [
+            (lambda: self.resolution >= 1, "resolution must be >= 1"),
+            (lambda: len(v.channels) >= 1 and all(c >= 4 for c in v.channels),
+             "vae.channels needs >= 1 entry, each >= 4"),
+            (lambda: v.latent_channels >= 1 and v.scale > 0, "vae.latent_channels and vae.scale must be positive"),
+            (lambda: min(g.dim, g.heads, g.core_layers, g.afno_blocks, g.window, g.patch_size, g.max_iterations) >= 1,
+             "generator sizes (dim, heads, core_layers, afno_blocks, window, patch_size, max_iterations) must be >= 1"),
+            (lambda: g.dim % g.heads == 0, f"generator.dim {g.dim} must be divisible by heads {g.heads}"),
+            (lambda: g.dim % g.afno_blocks == 0,
+             f"generator.dim {g.dim} must be divisible by afno_blocks {g.afno_blocks}"),
+            (lambda: g.latent_channels == v.latent_channels,
+             "generator.latent_channels must equal vae.latent_channels"),
+            (lambda: g.text_dim == t.dim or t.kind == "clip", "generator.text_dim must equal text.dim"),
+            (lambda: t.kind in ("clip", "tiny"), f"text.kind must be 'clip' or 'tiny', got {t.kind!r}"),
+            (lambda: t.max_length >= 2 and t.dim >= 1 and t.heads >= 1 and t.dim % t.heads == 0,
+             "text.max_length >= 2 and text.dim divisible by text.heads"),
+            (lambda: g.fourier_impl in ("fft", "dft", "auto"), "generator.fourier_impl must be fft, dft or auto"),
+            (lambda: g.scan_method in ("cumsum", "matrix"), "generator.scan_method must be cumsum or matrix"),
+            (lambda: self.sampler.steps >= 1 and self.sampler.iterations >= 1,
+             "sampler steps and iterations must be >= 1"),
+        ]
+        for ok, message in checks:  # in order: later checks may divide by sizes checked earlier
+            if not ok():
+                raise ModelLoadError(f"invalid model config: {message}")
 
     @classmethod
     def load(cls, path: str | Path) -> IrisConfig:

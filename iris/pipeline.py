@@ -157,7 +157,7 @@ class IrisPipeline:
         config = IrisConfig.load(folder / "config.json")
         try:
             pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"))
-        except (TypeError, ValueError, RuntimeError) as err:
+        except Exception as err:
             raise ModelLoadError(f"{folder / 'config.json'} describes an invalid model: {err}") from err
         load_weights(pipe.generator, folder / "generator.safetensors")
         load_weights(pipe.vae, folder / "vae.safetensors")
@@ -178,8 +178,9 @@ class IrisPipeline:
         """Write config.json and safetensors weights that `from_pretrained` reads (dtype e.g. torch.float16)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.config.adapters = list(self.adapters.keys())
-        self.config.save(folder / "config.json")
+        config = IrisConfig.from_dict(self.config.to_dict())
+        config.adapters = list(self.adapters.keys())
+        config.save(folder / "config.json")
         save_weights(self.generator, folder / "generator.safetensors", dtype)
         save_weights(self.vae, folder / "vae.safetensors", dtype)
         save_weights(self.text_encoder, folder / "text_encoder.safetensors", dtype)
@@ -300,7 +301,7 @@ class IrisPipeline:
         on_step(i, t_next, z) -> replacement z or None, after each sampler step (inpainting).
         """
         b = latents.shape[0]
-        use_cfg = budget.guidance != 1.0 and budget.guidance > 0
+        use_cfg = budget.guidance != 1.0  # 0 gives the unconditional (negative-prompt) velocity
         cond = self.encode_text([prompt] * b)
         if use_cfg:
             uncond = self.encode_text([negative_prompt] * b)
@@ -328,7 +329,8 @@ class IrisPipeline:
                 extra = torch.cat([extra, extra])
             c = gen.condition(tt, text)
             e = gen.embed(zz, c, extra)
-            s = gen.initial_state(e, state_gen)
+            s = gen.initial_state(e[:b], state_gen)  # the guided and unguided halves share s_0
+            s = torch.cat([s, s]) if use_cfg else s
             guided = lambda v: sampling.cfg_combine(*v.chunk(2), budget.guidance) if use_cfg else v
             for i in range(1, budget.iterations + 1):
                 s_next = gen.iterate(s, e, c, text, i)

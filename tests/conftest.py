@@ -6,6 +6,9 @@ import os
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: tests never touch the network
+# One compute thread per process (inherited by the studio servers the tests start): on 2 shared cores,
+# two spinning thread pools slow each other down 10-30x. Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -15,8 +15,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-
-from test_studio_e2e import StudioProcess, input_image, make_test_model  # noqa: E402  (same folder)
+from test_studio_e2e import StudioProcess, input_image, make_test_model  # same folder
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -30,7 +30,8 @@ def test_round_trip_keeps_non_default_values(tmp_path):
         notes="ünïcødé ✓",
         vae=VAEConfig(channels=(8, 16), latent_channels=4, scale=0.7, shift=-0.1),
         text=TextConfig(kind="tiny", dim=64, vocab=[49406, 49407, 320]),
-        generator=GeneratorConfig(dim=48, heads=3, patch_size=2, num_classes=10, train_iterations=(3, 5)),
+        generator=GeneratorConfig(dim=48, heads=3, patch_size=2, num_classes=10, train_iterations=(3, 5),
+                                  latent_channels=4, text_dim=64),
     )
     cfg.save(tmp_path / "c.json")
     loaded = IrisConfig.load(tmp_path / "c.json")
@@ -39,8 +40,8 @@ def test_round_trip_keeps_non_default_values(tmp_path):
 
 
 def test_partial_dict_fills_defaults():
-    cfg = IrisConfig.from_dict({"name": "x", "generator": {"dim": 64}})
-    assert cfg.generator.dim == 64 and cfg.generator.heads == GeneratorConfig().heads
+    cfg = IrisConfig.from_dict({"name": "x", "generator": {"dim": 96}})
+    assert cfg.generator.dim == 96 and cfg.generator.heads == GeneratorConfig().heads
     assert cfg.vae == VAEConfig()
     assert IrisConfig.from_dict({}) == IrisConfig()
 

@@ -94,6 +94,10 @@ def test_flow_timesteps_partial_start():
     ts = flow_timesteps(4, start=0.6)
     assert ts[0] == pytest.approx(0.6) and ts[-1] == 0.0
     assert all(a > b for a, b in zip(ts, ts[1:]))
+    # `start` is warped with the rest: the first time is shift * start / (1 + (shift - 1) * start)
+    warped = flow_timesteps(4, shift=3.0, start=0.6)
+    assert warped[0] == pytest.approx(3 * 0.6 / (1 + 2 * 0.6)) and warped[-1] == 0.0
+    assert all(a > b for a, b in zip(warped, warped[1:]))
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -194,7 +198,7 @@ def test_short_training_lowers_the_flow_loss():
 
     before = eval_loss()
     opt = torch.optim.AdamW(gen.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(60):
+    for _ in range(40):  # ~0.25x the initial loss after 40 steps, ~0.17x after 60
         t = sample_t(n, generator=g)
         noise = torch.randn(latents.shape, generator=g)
         loss = rectified_flow_loss(velocity_fn(text), latents, t, noise)

@@ -88,10 +88,6 @@ def test_cumsum_scan_precision_with_wide_decay_range():
     torch.testing.assert_close(out, torch.ones_like(out), atol=1e-6, rtol=0)  # h_t = b_t + e^-50 h_{t-1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine precision bug: the 'matrix' form takes exp(L_t - L_s) from the chunk-wide cumsum L, so the "
-    "fp32 cancellation error grows with |L| over the chunk (~1e-4 here vs ~3e-7 for the sequential scan); "
-    "computing the segment sums directly (masked cumsum, as Mamba-2's segsum) fixes it"))
 def test_matrix_scan_precision_with_wide_decay_range():
     log_a, b, ref64 = _wide_range_case()
     fast = chunked_linear_scan(log_a, b, chunk=64, method="matrix").double()

@@ -81,9 +81,10 @@ def test_inpaint_needs_a_painted_mask_and_uses_it_black_and_white(studio):
     layer[16:40, 20:44] = (255, 255, 255, 255)
     layer[50, 50] = (255, 255, 255, 40)  # faint: ignored
     editor["layers"] = [Image.fromarray(layer, "RGBA")]
-    mask = np.asarray(studio.mask_preview(editor, None))
-    assert set(np.unique(mask)) == {0, 255} and mask[20, 30] == 255 and mask[50, 50] == 0
     out = list(studio.run_task("inpaint", (editor, None, *[common.get(n) for n in metadata.fields("inpaint")])))
+    assert all(len(o) == 5 for o in out)  # inpaint also shows the mask it used, with its first message
+    mask = np.asarray(out[0][4])
+    assert set(np.unique(mask)) == {0, 255} and mask[20, 30] == 255 and mask[50, 50] == 0
     result = np.asarray(Image.open(out[-1][2]).convert("RGB"))
     assert np.array_equal(result[mask == 0], np.asarray(image)[mask == 0])
 
@@ -93,7 +94,7 @@ def test_engine_errors_become_gr_errors(studio):
         run_all(studio, "generate", prompt="x", seed=2**70, guidance=1.0, steps=1, iterations=1, width=32,
                 height=32)
     with pytest.raises(gr.Error, match="Upload an image"):
-        run_all(studio, "edit", prompt="x", seed=1, strength=0.5, steps=1, iterations=1)
+        list(studio.run_task("edit", (None, "x", "", 1, 1.0, 1, 1, "euler", 0.5)))
     with pytest.raises(gr.Error, match="control image is empty"):
         list(studio.run_task("control", ({"background": Image.new("RGB", (32, 32), "white"), "layers": []},
                                          *[None] * len(metadata.fields("control")))))

@@ -138,14 +138,16 @@ def test_every_endpoint_returns_an_image_of_the_right_size(studio, paths):
                           end=1.0, preprocess=True, width=64, height=64), (64, 64)),
     }
     for name, (kwargs, size) in calls.items():
-        preview, status, result, params = client.predict(**kwargs, **BUDGET, api_name=name)
+        preview, status, result, params, *used = client.predict(**kwargs, **BUDGET, api_name=name)
+        assert len(used) == (name == "/inpaint")  # inpaint also returns the black/white mask it used
         assert is_image_path(result), (name, status)
         assert Image.open(result).size == size, name
         assert params["task"] == name[1:] and params["seed"] == kwargs["seed"]
         assert 'data-state="done"' in status
 
     # inpaint keeps every pixel outside the mask
-    _, _, result, _ = client.predict(**calls["/inpaint"][0], **BUDGET, api_name="/inpaint")
+    _, _, result, _, used = client.predict(**calls["/inpaint"][0], **BUDGET, api_name="/inpaint")
+    assert np.array_equal(np.asarray(Image.open(used).convert("L")), np.asarray(mask))
     before = np.asarray(Image.open(paths["base"] / "in.png").convert("RGB"))
     after = np.asarray(Image.open(result).convert("RGB"))
     outside = np.asarray(mask) == 0

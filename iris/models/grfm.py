@@ -194,7 +194,7 @@ class ManhattanAttention(nn.Module):
         super().__init__()
         self.heads, self.exact_max_tokens = heads, exact_max_tokens
         self.qkv = nn.Linear(dim, 3 * dim)
-        # per-head decays spread over scales: gamma_h = 1 - 2^-(2 + 5 h / H)  (0.75 ... 0.98)
+        # per-head decays spread over scales: gamma_h = 1 - 2^-(2 + 5 h / (H - 1))  (0.75 ... 0.992)
         gamma = 1 - 2.0 ** (-(2 + 5 * torch.arange(heads, dtype=torch.float32) / max(heads - 1, 1)))
         self.log_gamma_raw = nn.Parameter(torch.log(torch.expm1(-torch.log(gamma))))  # softplus^-1(-log g)
 

@@ -3,7 +3,8 @@
 L = cumsum(log a) within a chunk; chunks are joined by carrying the last state. Two in-chunk forms:
 - "matrix": a masked lower-triangular decay matrix exp(L_t - L_s) applied to b (O(T^2 D) per chunk);
 - "cumsum": h_t = exp(L_t) (h_0 + sum_{s<=t} exp(-L_s) b_s)  (O(T D)); the chunk is shortened so that
-  -L stays below `max_log_range`, which keeps exp(-L) finite in fp32. Faster; the default.
+  -L stays below `max_log_range`, which keeps exp(-L) finite in fp32, and log a is clamped at `min_log_a`
+  (a decay below e^-16 already erases the past at fp32 precision). Faster; the default.
 Computed in fp32.
 """
 
@@ -14,11 +15,11 @@ import torch
 
 def _matrix_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     t = la.shape[1]
-    cum = la.cumsum(dim=1)  # L_t
-    diff = cum[:, :, None, :] - cum[:, None, :, :]  # [B, T, S, D] = L_t - L_s
-    causal = torch.ones(t, t, dtype=torch.bool, device=la.device).tril()
-    decay = torch.where(causal[None, :, :, None], diff, float("-inf")).exp()
-    return torch.einsum("btsd,bsd->btd", decay, bb) + cum.exp() * h[:, None, :]
+    ones = torch.ones(t, t, dtype=torch.bool, device=la.device)
+    # segment sums L_t - L_s = sum_{s<k<=t} log a_k, summed directly (no cancellation of large prefixes)
+    seg = torch.where(ones.tril(-1)[None, :, :, None], la[:, :, None, :], 0.0).cumsum(dim=1)  # [B, T, S, D]
+    decay = torch.where(ones.tril()[None, :, :, None], seg, float("-inf")).exp()
+    return torch.einsum("btsd,bsd->btd", decay, bb) + la.cumsum(dim=1).exp() * h[:, None, :]
 
 
 def _cumsum_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,8 @@ def chunked_linear_scan(
     chunk: int = 64,
     h0: torch.Tensor | None = None,
     method: str = "cumsum",
-    max_log_range: float = 60.0,
+    max_log_range: float = 80.0,
+    min_log_a: float = -16.0,
 ) -> torch.Tensor:
     """Scan over the sequence axis. log_a, b: [B, N, D] (log a <= 0); h0: [B, D] or None -> h [B, N, D]."""
     dtype = b.dtype
@@ -40,6 +42,7 @@ def chunked_linear_scan(
     bsz, n, d = b.shape
     h = torch.zeros(bsz, d, device=b.device) if h0 is None else h0.float()
     if method == "cumsum":
+        log_a = log_a.clamp_min(min_log_a)  # a < e^-16 is zero at fp32 precision; bounds the chunk below
         worst = float(-log_a.detach().min()) if log_a.numel() else 0.0
         chunk = max(1, min(chunk, int(max_log_range / max(worst, 1e-6))))
         step = _cumsum_chunk
