@@ -1,0 +1,87 @@
+"""Evaluate a model (default: the bundled demo) with the independent emoji/colour classifier.
+
+    python benchmarks/eval_demo.py                                   # demo model, 100 prompts, 4 budgets
+    python benchmarks/eval_demo.py --model /tmp/nano_rand --prompts 8 --budgets 1x2
+    python benchmarks/eval_demo.py --compare-untrained --out results.json
+
+Prints markdown tables (see `iris.eval.format_markdown`) and writes every number as JSON. The classifier
+is loaded from the cache (`iris.eval.default_cache_path()`), or trained once (a few minutes on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from iris import IrisPipeline
+from iris.eval import DEFAULT_STEPS, TASKS, evaluate, format_markdown, get_classifier, parse_budgets
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled demo model)")
+    p.add_argument("--prompts", type=int, default=100, help="held-out prompts for the generation metrics")
+    p.add_argument("--budgets", default="1x4,4x4,4x8,8x16", help="steps x iterations, comma-separated")
+    p.add_argument("--task-budget", default=None, help="budget of the upscale/inpaint/control runs, e.g. 4x8 "
+                   "(default: the model's sampler defaults)")
+    p.add_argument("--task-scenes", type=int, default=None,
+                   help="scenes for the task metrics (default min(prompts, 32))")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"task metrics to run (any of {', '.join(TASKS)}; '' = none)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--compare-untrained", action="store_true",
+                   help="also evaluate a randomly initialised model of the same config (seed 0)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--classifier-steps", type=int, default=DEFAULT_STEPS,
+                   help="training steps of the classifier when it is not cached")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(max(1, args.threads))
+    budgets = parse_budgets(args.budgets)
+    tb = parse_budgets(args.task_budget)[0] if args.task_budget else None
+    tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
+
+    clf = get_classifier(steps=args.classifier_steps, log=_log)
+    t0 = time.perf_counter()
+    pipe = IrisPipeline.from_pretrained(args.model, device=args.device)
+    _log(f"loaded {pipe!r} in {time.perf_counter() - t0:.1f}s")
+    kw = dict(n_prompts=args.prompts, budgets=budgets, seed=args.seed, classifier=clf, task_budget=tb,
+              n_task=args.task_scenes, tasks=tasks, guidance=args.guidance, log=_log)
+    results = {"model": evaluate(pipe, **kw)}
+    print(format_markdown(results["model"], title=f"{pipe.config.name} ({args.model or 'demo'})"))
+    if args.compare_untrained:
+        untrained = IrisPipeline.from_config(pipe.config, seed=0, source=f"untrained:{pipe.config.name}")
+        untrained.to(args.device)
+        results["untrained"] = evaluate(untrained, **kw)
+        print(format_markdown(results["untrained"], title=f"{pipe.config.name}, untrained (random init, seed 0)"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+        _log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
