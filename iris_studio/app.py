@@ -68,9 +68,7 @@ def user_error(err: BaseException) -> gr.Error:
     if isinstance(err, IrisError):
         return gr.Error(str(err))
     log.exception("unexpected error in a handler", exc_info=err)
-    return gr.Error(
-        f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console."
-    )
+    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console.")
 
 
 def control_kinds() -> tuple[str, ...]:
@@ -90,9 +88,7 @@ def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) ->
     for name in names:
         if name in defaults or seen_default:
             seen_default = True
-            params.append(
-                inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(name))
-            )
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(name)))
         else:
             params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
     fn.__signature__ = inspect.Signature(params)
@@ -130,9 +126,7 @@ class Studio:
         )
 
     def notice_md(self) -> str:
-        parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [
-            f"⚠️ {w}" for w in self.warnings
-        ]
+        parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [f"⚠️ {w}" for w in self.warnings]
         return "\n\n".join(parts)
 
     def budget_md(
@@ -224,7 +218,8 @@ class Studio:
         raise gr.Error(f"unknown task {task}")
 
     def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None):
-        """The streaming handler body: yields (preview, status, result, params)."""
+        """The streaming handler body: yields (preview, status, result, params), and for inpaint also the
+        black/white mask the run uses (sent with the first and the last message)."""
         n = len(IMAGE_INPUT_NAMES[task])
         images, controls = list(values[:n]), dict(zip(metadata.fields(task), values[n:]))
         if seed_fallback is not None and (controls.get("seed") is None or float(controls["seed"]) < 0):
@@ -234,35 +229,29 @@ class Studio:
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
         skip = gr.skip()
-        yield skip, status_html(0.0, "Starting…"), skip, skip
+        extra = task == "inpaint"  # the mask output
+        tail = (skip,) if extra else ()
+        yield (skip, status_html(0.0, "Starting…"), skip, skip) + ((kwargs["mask"],) if extra else ())
         interval = self.settings.preview_interval_ms / 1000.0
         fraction = self.settings.preview_cost or None
         try:
             for up in self.engine.run(task, kwargs, interval=interval, preview_fraction=fraction):
+                preview = up.image if up.image is not None else skip
                 if up.kind == "preview":
                     eta = f" · ETA {up.eta:.1f} s" if up.eta is not None else ""
                     text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s{eta}"
-                    yield (
-                        (up.image if up.image is not None else skip),
-                        status_html(up.progress, text),
-                        skip,
-                        skip,
-                    )
+                    yield (preview, status_html(up.progress, text), skip, skip) + tail
                 elif up.kind == "done":
                     result = up.result
                     path = self.gallery.add(result.image, result.params)
                     w, h = result.image.size
                     seed = result.params.get("seed")
                     text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
-                    yield skip, status_html(1.0, text, "done"), str(path), result.params
+                    final = (kwargs["mask"],) if extra else ()  # API callers get the mask with the result
+                    yield (skip, status_html(1.0, text, "done"), str(path), result.params) + final
                 else:
                     text = f"Stopped at {up.label} after {up.elapsed:.1f} s. Ready."
-                    yield (
-                        (up.image if up.image is not None else skip),
-                        status_html(up.progress, text, "cancelled"),
-                        skip,
-                        skip,
-                    )
+                    yield (preview, status_html(up.progress, text, "cancelled"), skip, skip) + tail
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
 
@@ -276,8 +265,7 @@ class Studio:
     def live_runner(self, task: str) -> Any:
         def live_run(live: bool, params: Any, *values: Any):
             if not live:
-                skip = gr.skip()
-                yield skip, skip, skip, skip
+                yield tuple(gr.skip() for _ in range(5 if task == "inpaint" else 4))
                 return
             last = params.get("seed") if isinstance(params, dict) else None
             yield from self.run_task(task, values, seed_fallback=last if isinstance(last, int) else None)
@@ -324,17 +312,6 @@ class Studio:
             value = {"background": path, "layers": [], "composite": path}
         return value, gr.Tabs(selected=target)
 
-    @staticmethod
-    def mask_preview(editor: Any, upload: Any) -> Any:
-        """The black/white mask an inpaint run uses, shown beside its result."""
-        try:
-            image = editor_image(editor)
-            if image is None:
-                return None
-            return binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
-        except Exception:  # noqa: BLE001 - a preview only; the run reports errors
-            return None
-
     def preprocess(self, control_image: Any, kind: str, preprocess: bool) -> Any:
         image = editor_composite(control_image)
         if image is None or is_blank(image):
@@ -377,9 +354,7 @@ class Studio:
         for t in TASKS:
             n = len(metadata.fields(t))
             if t == task:
-                outputs += [
-                    gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, t)
-                ]
+                outputs += [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, t)]
             else:
                 outputs += [gr.skip()] * n
         outputs.append(gr.Tabs(selected=task) if task in TASKS else gr.skip())
@@ -574,23 +549,17 @@ class Studio:
                 s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
                 with gr.Row():
                     s["steps"] = gr.Slider(1, 50, value=st.steps, step=1, label="Steps")
-                    s["iterations"] = gr.Slider(
-                        1, 16, value=min(st.iterations, 16), step=1, label="Core iterations"
-                    )
+                    s["iterations"] = gr.Slider(1, 16, value=min(st.iterations, 16), step=1, label="Core iterations")
                 with gr.Row():
                     s["guidance"] = gr.Slider(0.0, 15.0, value=st.guidance, step=0.5, label="Guidance")
                     s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
                 with gr.Row():
-                    s["width"] = gr.Slider(
-                        0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)"
-                    )
+                    s["width"] = gr.Slider(0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)")
                     s["height"] = gr.Slider(
                         0, 1024, value=st.height, step=info.latent_factor, label="Height (0 = model)"
                     )
                 with gr.Row():
-                    s["edit_strength"] = gr.Slider(
-                        0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength"
-                    )
+                    s["edit_strength"] = gr.Slider(0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength")
                     s["upscale_strength"] = gr.Slider(
                         0.0, 1.0, value=st.upscale_strength, step=0.05, label="Upscale strength"
                     )
@@ -616,6 +585,8 @@ class Studio:
     def _wire_tasks(self, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
         for task, tab in self.tabs.items():
             outputs = [tab.preview, tab.status, tab.result, tab.params]
+            if task == "inpaint":
+                outputs.append(tab.extra["mask_view"])
             inputs = tab.inputs()
             has_size = "width" in tab.controls
             budget_inputs = [
@@ -647,9 +618,7 @@ class Studio:
                 **PRIVATE,
             )
             for ev in (run_event, submit_event):
-                ev.then(
-                    self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
-                )
+                ev.then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
                 ev.then(budget_fn, budget_inputs, tab.budget, concurrency_limit=None, **PRIVATE)
             tab.stop.click(
                 self.stop,
@@ -658,6 +627,7 @@ class Studio:
                 api_name="stop" if task == "generate" else None,
                 concurrency_limit=None,
                 queue=False,
+                show_progress="hidden",
                 **({} if task == "generate" else PRIVATE),
             )
             tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
@@ -675,9 +645,7 @@ class Studio:
                     show_progress="hidden",
                     trigger_mode="always_last",
                     **PRIVATE,
-                ).then(
-                    self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
-                )
+                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
             controls = [tab.controls[name] for name in metadata.fields(task)]
             tab.restore_file.upload(
                 self.restorer(task),
@@ -696,8 +664,6 @@ class Studio:
                 )
             if task == "inpaint":
                 editor = tab.images[0]
-                for trigger in (tab.run.click, tab.controls["prompt"].submit):
-                    trigger(self.mask_preview, tab.images, tab.extra["mask_view"], queue=False, **PRIVATE)
                 tab.extra["brush_size"].release(
                     lambda size: gr.ImageEditor(
                         brush=gr.Brush(
@@ -730,7 +696,8 @@ class Studio:
                 gr.Button(visible=False).click(
                     self.preprocess, pre_inputs, preview, api_name="preprocess", concurrency_limit=None
                 )
-                tab.images[0].change(
+                gr.on(  # the editor fires input per stroke and upload per file; change comes late
+                    [tab.images[0].input, tab.images[0].upload],
                     self.preprocess,
                     pre_inputs,
                     preview,
@@ -750,9 +717,7 @@ class Studio:
                     )
 
     def _wire_gallery(self, g: dict[str, Any], tabs: Any) -> None:
-        g["refresh"].click(
-            self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE
-        )
+        g["refresh"].click(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
         g["gallery"].select(
             self.gallery_select,
             g["files"],

@@ -19,9 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iris-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument(
@@ -92,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     loader.join()
     if engine.notice:
         print(f"iris-studio: note: {engine.notice}".replace("**", ""), file=sys.stderr)
-    demo = build_app(
-        engine, settings, gallery, settings_file=settings_path(), warnings=[warning] if warning else []
-    )
+    demo = build_app(engine, settings, gallery, settings_file=settings_path(), warnings=[warning] if warning else [])
     try:
         launch(
             demo,
@@ -109,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"iris-studio: error: cannot start the server: {err}", file=sys.stderr)
         return 1
-    print(
-        f"iris-studio: ready in {time.perf_counter() - start:.1f}s · results in {gallery.folder}", flush=True
-    )
+    print(f"iris-studio: ready in {time.perf_counter() - start:.1f}s · results in {gallery.folder}", flush=True)
     if not args.no_warmup:
         threading.Thread(target=engine.warmup, name="iris-warmup", daemon=True).start()
     try:

@@ -7,6 +7,7 @@ flag that the preview callback checks after every core iteration, raising `Gener
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -82,8 +83,10 @@ class Engine:
         self._run_lock = threading.Lock()  # one run (or load) at a time
         self._flags_lock = threading.Lock()
         self._active: set[threading.Event] = set()
-        # measured speed: seconds per core iteration per (megapixel x CFG batch), and fixed cost per run
-        self._iter_cost: float | None = None
+        self._background: set[threading.Event] = set()  # warm-up runs, stopped by any user run
+        # measured speed: seconds per core iteration, keyed by work size (megapixels x CFG batch), and the
+        # fixed cost of a run (text encoding, decoding)
+        self._speed: dict[float, float] = {}
         self._overhead: float | None = None
 
     # ------------------------------------------------------------------------------------------ models
@@ -119,7 +122,7 @@ class Engine:
         with self._run_lock:
             self._pipe, self.spec, self.device, self.notice = pipe, spec, device, notice
             self._info = self._describe(pipe)
-            self._iter_cost = self._overhead = None
+            self._speed, self._overhead = {}, None
         return self._info
 
     def load_or_fallback(self, spec: str | None = None, device: str | None = None) -> ModelInfo:
@@ -134,9 +137,7 @@ class Engine:
             info = self.load(DEMO, "cpu")
         except (IrisError, OSError):
             info = self.load("nano", "cpu")
-        self.notice = (
-            failed + ("\n\n" + self.notice if self.notice else "") + "\n\nUsing the default model instead."
-        )
+        self.notice = failed + ("\n\n" + self.notice if self.notice else "") + "\n\nUsing the default model instead."
         return info
 
     @staticmethod
@@ -176,17 +177,17 @@ class Engine:
         return self._info
 
     def warmup(self) -> None:
-        """One tiny run so the first real one does not pay for lazy initialisation (and to measure speed)."""
+        """Two tiny runs: the first so the user's first run does not pay for lazy initialisation (it would
+        pay it anyway, so it is not interrupted), the second to measure speed for the time estimate (any user
+        run stops it)."""
+        kwargs = {"prompt": "", "steps": 1, "iterations": 2, "seed": 0, "guidance": self.info.defaults["guidance"]}
         try:
             for record in (False, True):
-                for _ in self.run(
-                    "generate",
-                    {"prompt": "", "steps": 1, "iterations": 2, "seed": 0, "guidance": 1.0},
-                    interval=0.0,
-                    preview_fraction=None,
-                    record=record,
-                ):
-                    pass
+                updates = list(
+                    self.run("generate", kwargs, interval=0.0, preview_fraction=None, record=record, background=record)
+                )
+                if not updates or updates[-1].kind != "done":
+                    return
         except Exception:  # noqa: BLE001 - warm-up is best effort
             pass
 
@@ -211,9 +212,11 @@ class Engine:
         interval: float = 0.08,
         preview_fraction: float | None = 0.25,
         record: bool = True,
+        background: bool = False,
     ) -> Iterator[Update]:
         """Run `pipe.<task>(**kwargs)` in a worker thread; yield previews at most every `interval` seconds,
-        then a final "done" (with the IrisResult) or "cancelled" update. Engine errors are re-raised here."""
+        then a final "done" (with the IrisResult) or "cancelled" update. Engine errors are re-raised here.
+        A `background` run (the warm-up) gives way: any other run stops it."""
         from iris.errors import GenerationCancelled
 
         if task not in TASKS:
@@ -245,7 +248,12 @@ class Engine:
                 events.put(("error", err))
 
         with self._flags_lock:
+            if not background:
+                for other in self._background:
+                    other.set()
             self._active.add(flag)
+            if background:
+                self._background.add(flag)
         steps = int(kwargs.get("steps") or self.info.defaults["steps"])
         iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
         sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
@@ -269,9 +277,7 @@ class Engine:
                     now = time.perf_counter()
                     if now - last_emit >= interval:
                         exact = sampler == "heun" and task != "upscale"  # heun repeats step numbers
-                        yield self._preview_update(
-                            payload, count, expected if exact else 0, pending, now - start
-                        )
+                        yield self._preview_update(payload, count, expected if exact else 0, pending, now - start)
                         pending = None
                         last_emit = now
                     continue
@@ -307,6 +313,7 @@ class Engine:
                 flag.set()
             with self._flags_lock:
                 self._active.discard(flag)
+                self._background.discard(flag)
 
     def _preview_update(self, event: Any, count: int, expected: int, image: Any, elapsed: float) -> Update:
         progress = count / expected if 0 < count <= expected else float(event.progress)
@@ -339,10 +346,12 @@ class Engine:
             return
         guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
         units = self._units({"width": params.get("width"), "height": params.get("height")}, guidance)
-        per_iter = sampling_s / (sampler_calls(sampler, steps) * iterations) / max(units, 1e-6)
+        per_iter = sampling_s / (sampler_calls(sampler, steps) * iterations)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
         a = 0.5
-        self._iter_cost = per_iter if self._iter_cost is None else a * per_iter + (1 - a) * self._iter_cost
+        key = round(units, 6)
+        old = self._speed.get(key)
+        self._speed[key] = per_iter if old is None else a * per_iter + (1 - a) * old
         self._overhead = overhead if self._overhead is None else a * overhead + (1 - a) * self._overhead
 
     def estimate(
@@ -355,11 +364,16 @@ class Engine:
         sampler: str | None = None,
     ) -> float | None:
         """Estimated seconds for a run, from measured speed; None before the first measurement."""
-        if self._iter_cost is None:
+        if not self._speed:
             return None
-        units = self._units({"width": width, "height": height}, guidance)
+        units = round(self._units({"width": width, "height": height}, guidance), 6)
+        if units in self._speed:
+            per_iter = self._speed[units]
+        else:  # the nearest measured size, scaled in proportion to the work
+            near = min(self._speed, key=lambda k: abs(math.log(k / units)))
+            per_iter = self._speed[near] * units / near
         calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
-        return calls * iterations * units * self._iter_cost + (self._overhead or 0.0)
+        return calls * iterations * per_iter + (self._overhead or 0.0)
 
     def budget(
         self,

@@ -56,9 +56,7 @@ class TaskTab:
     restore_file: Any
     restore_note: Any
     send: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(
-        default_factory=dict
-    )  # task-only widgets (brush size, clear, control preview)
+    extra: dict[str, Any] = field(default_factory=dict)  # task-only widgets (brush size, clear, control preview)
 
     def inputs(self) -> list[Any]:
         return [*self.images, *(self.controls[name] for name in fields(self.task))]
@@ -82,9 +80,7 @@ def blank_canvas(size: int = 512) -> dict[str, Any]:
     return {"background": Image.new("RGB", (size, size), "white"), "layers": [], "composite": None}
 
 
-def task_tab(
-    task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = DEFAULT_CONTROL_KINDS
-) -> TaskTab:
+def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = DEFAULT_CONTROL_KINDS) -> TaskTab:
     """Build the controls and outputs of one task tab inside the current gr.Tab."""
     images: list[Any] = []
     extra: dict[str, Any] = {}
@@ -104,9 +100,7 @@ def task_tab(
                     layers=False,
                     transforms=(),
                     height=420,
-                    brush=gr.Brush(
-                        default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"
-                    ),
+                    brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
                     eraser=gr.Eraser(default_size=24),
                     elem_id="inpaint-editor",
                 )
@@ -169,15 +163,11 @@ def task_tab(
             # ---------------------------------------------------------------- task controls
             if task == "inpaint":
                 with gr.Row():
-                    controls["mask_blur"] = gr.Slider(
-                        0, 64, value=settings.mask_blur, step=1, label="Mask blur"
-                    )
+                    controls["mask_blur"] = gr.Slider(0, 64, value=settings.mask_blur, step=1, label="Mask blur")
                     controls["padding"] = gr.Slider(
                         0, 256, value=settings.padding, step=8, label="Padding (masked only)"
                     )
-                controls["masked_only"] = gr.Checkbox(
-                    value=False, label="Masked area only (crop around the mask)"
-                )
+                controls["masked_only"] = gr.Checkbox(value=False, label="Masked area only (crop around the mask)")
             elif task == "edit":
                 controls["strength"] = gr.Slider(
                     0.05,
@@ -317,9 +307,8 @@ def task_tab(
                     interactive=False,
                     height=360,
                     elem_id=f"{task}-result",
-                    buttons=["download", "fullscreen"],
                 )
-            status = gr.HTML(idle_status(), elem_id=f"{task}-status")
+            status = gr.HTML(idle_status(), label="Status", elem_id=f"{task}-status")
             with gr.Row():
                 send = {
                     target: gr.Button(f"→ {TASK_TITLES[target]}", size="sm", elem_id=f"{task}-send-{target}")
@@ -344,7 +333,7 @@ def task_tab(
                     elem_id="control-preview",
                 )
             with gr.Accordion("Parameters", open=False):
-                params = gr.JSON(label="Parameters (also in the PNG)", elem_id=f"{task}-params")
+                params = gr.JSON(label="Parameters", elem_id=f"{task}-params")
             restore_file = gr.File(
                 label="Drop an IRIS PNG here to restore its settings",
                 file_types=[".png"],

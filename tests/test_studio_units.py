@@ -237,3 +237,16 @@ def test_missing_demo_model_falls_back_to_random_nano_with_a_notice(tmp_path, mo
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         with pytest.raises(ModelLoadError):  # HubOfflineError is a ModelLoadError
             e.load("someone/not-cached-model")
+
+
+def test_a_user_run_stops_the_warmup(engine):
+    warm = threading.Thread(target=engine.warmup)
+    with engine._run_lock:  # hold the warm-up at its start
+        warm.start()
+        start = time.perf_counter()
+        while not engine.busy and time.perf_counter() - start < 10:
+            time.sleep(0.01)
+    updates = list(engine.run("generate", {"prompt": "", "steps": 1, "iterations": 1, "seed": 3, "guidance": 1.0,
+                                           "width": 32, "height": 32}))
+    warm.join(30)
+    assert updates[-1].kind == "done" and not warm.is_alive() and not engine.busy
