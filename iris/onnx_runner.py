@@ -302,7 +302,7 @@ class OnnxIris:
         z = TorchRandn(seed).randn(latent_shape)
         state_noise = TorchRandn((seed * 7919 + 17) % (2**63))
         fresh_noise = TorchRandn((seed * 104729 + 29) % (2**63))
-        use_cfg = guidance != 1.0 and guidance > 0
+        use_cfg = guidance != 1.0  # guidance 0 gives the unconditional (negative-prompt) velocity
         tokens, mask = self.encode_text([prompt, negative_prompt] if use_cfg else [prompt])
         rep = lambda a, i: np.repeat(a[i : i + 1], num_images, axis=0)
         text = np.concatenate([rep(tokens, 0), rep(tokens, 1)]) if use_cfg else rep(tokens, 0)
@@ -324,7 +324,8 @@ class OnnxIris:
             zz = np.concatenate([z, z]) if use_cfg else z
             tt = np.full((zz.shape[0],), t, dtype=np.float32)
             c, e = embed.run(None, {"z": zz, "t": tt, "text": text, "text_mask": text_mask})
-            s = state_noise.randn(e.shape) * std
+            s = state_noise.randn((num_images, *e.shape[1:])) * std  # the guided and unguided halves share s_0
+            s = np.concatenate([s, s]) if use_cfg else s
             for i in range(1, iterations + 1):
                 s_next = iterate.run(None, {"s": s, "e": e, "c": c, "text": text, "text_mask": text_mask,
                                             "iteration": np.array(i, dtype=np.int64)})[0]

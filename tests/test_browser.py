@@ -15,12 +15,14 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from test_studio_e2e import StudioProcess, input_image, make_test_model  # same folder
+from test_studio_e2e import StudioProcess, make_test_model  # same folder
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = os.environ.get("IRIS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(app):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         yield page
@@ -84,11 +86,15 @@ def test_generate_shows_changing_previews_then_the_result(app, page):
 def test_paint_a_mask_and_inpaint_keeps_everything_outside_it(app, page):
     studio, base = app
     shots = base / "screenshots"
-    source = input_image(base / "photo.png", (128, 128), seed=3)
-    page.click("button[role=tab]:has-text('Inpaint')")
-    page.set_input_files("#inpaint-editor input[type=file]", str(source))
+    # the generated image goes to the Inpaint tab with the "send to" button (a server-side value, so the
+    # editor holds exactly that image when we paint)
+    before_image = fetch_image(page, "#generate-result").convert("RGB")
+    page.click("#generate-send-inpaint")
     page.wait_for_selector("#inpaint-editor canvas")
-    page.wait_for_timeout(800)
+    page.wait_for_function(
+        "() => document.querySelector('button[role=tab][aria-selected=true]')?.innerText.includes('Inpaint')"
+    )
+    page.wait_for_timeout(1500)  # the editor draws the new background asynchronously
     page.click("#inpaint-editor button[aria-label=Brush]")
     box = page.locator("#inpaint-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -107,7 +113,7 @@ def test_paint_a_mask_and_inpaint_keeps_everything_outside_it(app, page):
 
     mask = np.asarray(fetch_image(page, "#inpaint-mask-used").convert("L"))
     result = np.asarray(fetch_image(page, "#inpaint-result").convert("RGB"))
-    before = np.asarray(Image.open(source).convert("RGB"))
+    before = np.asarray(before_image)
     assert mask.shape == before.shape[:2] == result.shape[:2]
     assert set(np.unique(mask)) == {0, 255}  # made pure black/white
     painted = mask == 255

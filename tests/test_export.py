@@ -69,6 +69,9 @@ def test_manifest_describes_graphs_resolutions_and_defaults(exported, nano_pipe)
     assert it["inputs"][0]["shape"] == ["batch", 8, 8, cfg.generator.dim]
     assert it["inputs"][-1] == {"name": "iteration", "dtype": "int64", "shape": []}
     assert m["graphs"]["text_encoder"]["outputs"][1]["dtype"] == "bool"
+    assert m["generator"]["scan_method"] == "matrix" and m["generator"]["fourier_impl"] == "dft"
+    lru = nano_pipe.generator.core[0].mixer.recurrent.lru  # exporting reconfigures a copy, not the pipeline
+    assert (lru.method, lru.chunk) == (cfg.generator.scan_method, cfg.generator.scan_chunk)
     sizes = file_sizes(m)
     assert sum(sizes.values()) == m["total_bytes"]
     for name in sizes:
@@ -114,6 +117,7 @@ def test_iteration_index_is_an_input_and_is_clamped(runner, nano_pipe):
 @pytest.mark.parametrize("options", [
     dict(steps=2, iterations=2, guidance=3.0, seed=7, negative_prompt="blurry"),   # CFG: batch 2
     dict(steps=2, iterations=3, guidance=1.0, seed=123456789012, sampler="heun"),  # no CFG: batch 1
+    dict(steps=2, iterations=2, guidance=0.0, seed=3, sampler="consistency"),      # unconditional, fresh noise
 ])
 def test_runner_image_equals_torch_pipeline(runner, nano_pipe, options):
     ours = runner.generate(PROMPT, width=64, height=64, **options)
