@@ -183,8 +183,10 @@ class EmojiData:
         from .emoji import EmojiScenes, SceneConfig
 
         self.cfg = cfg
+        from .emoji import EMOJI
+
         self.scenes = EmojiScenes(SceneConfig(size=cfg.size, seed=cfg.emoji_seed), split="train")
-        self.classes: list[str] = []
+        self.classes = [e.name for e in EMOJI]  # class label = the (first) emoji of a scene
 
     def __len__(self) -> int:
         return len(self.scenes)
