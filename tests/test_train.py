@@ -279,3 +279,10 @@ def test_config_from_toml_and_overrides(tmp_path):
     f.write_text("bogus = 1\n")
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_toml(f)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/**/*.toml")))
+def test_shipped_configs_parse(path):
+    cfg = TrainConfig.from_toml(path)
+    assert cfg.stage in path.stem or cfg.stage in ("vae", "text")  # file names say what they train
+    assert cfg.steps > 0 and cfg.batch_size > 0
