@@ -152,6 +152,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark, to_markdown
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    results = run_benchmark(quick=args.quick, variants=variants, out_dir=args.out, threads=args.threads,
+                            verbose=not args.quiet)
+    print(to_markdown(results))
+    out = Path(args.out)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'scaling.png'} ({results['meta']['wall_s']}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iris", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="weight seed of a random-weight variant")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("bench", help="CPU benchmark against DiT, SANA and an SD UNet (needs the bench extra)")
+    p.add_argument("--quick", action="store_true", help="smoke configuration: nano, 128/256 px, 1 repeat")
+    p.add_argument("--variants", help="comma-separated variants (default: all; nano with --quick)")
+    p.add_argument("--out", default="bench-results", help="output folder for results.json/.md and scaling.png")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("info", help="parameter counts and effective depth")
     p.add_argument("--model", "-m", help="model folder, hub id or variant name (default: demo)")
     p.set_defaults(func=cmd_info)
@@ -234,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\niris: interrupted after {time.perf_counter() - start:.1f}s", file=sys.stderr)
         return 130
-    except OSError as err:
-        print(f"iris: error: {err}", file=sys.stderr)
+    except OSError as err:  # e.g. an output folder that cannot be written: after the progress line, on its own
+        print(f"\niris: error: {err}" if not getattr(args, "quiet", True) else f"iris: error: {err}", file=sys.stderr)
         return 1
 
 

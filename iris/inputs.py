@@ -28,7 +28,7 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool):
         raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
     try:
-        number = float(value) if isinstance(value, str) else value
+        number = _parse_number(value) if isinstance(value, str) else value
         if isinstance(number, float):
             if not math.isfinite(number) or number != int(number):
                 raise ValueError
@@ -39,6 +39,14 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= number <= hi:
         raise InvalidInputError(f"{name} must be between {lo} and {hi}, got {number}")
     return number
+
+
+def _parse_number(text: str) -> int | float:
+    """A numeric string: whole numbers exactly (int, so long seeds keep every digit), else a float."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        return float(text)
 
 
 def check_float(name: str, value: Any, lo: float, hi: float) -> float:

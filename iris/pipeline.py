@@ -136,6 +136,7 @@ class IrisPipeline:
         """A pipeline with freshly initialised (random, seeded) weights."""
         from .models.adapters import build_adapter
 
+        seed = check_seed(seed)  # torch.manual_seed overflows (a bare ValueError) beyond 64 bits
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             generator = IrisGenerator(config.generator)
@@ -398,7 +399,6 @@ class IrisPipeline:
         seed = check_seed(seed)
         width, height = self.check_size(width, height)
         n = check_int("num_images", num_images, 1, MAX_IMAGES)
-        f = self.latent_factor
         t0 = time.perf_counter()
         shape = (n, self.config.vae.latent_channels, height // self.config.vae.downsample,
                  width // self.config.vae.downsample)
@@ -409,7 +409,6 @@ class IrisPipeline:
         timings["total_s"] = time.perf_counter() - t0
         params = self.base_params("generate", prompt, negative_prompt, budget, seed, width, height)
         params["num_images"] = n
-        assert width % f == 0 and height % f == 0
         return IrisResult(images, params, z, timings)
 
     # Editing tasks: thin wrappers; the logic and every option live in iris/editing.py.

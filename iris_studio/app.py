@@ -813,6 +813,12 @@ def launch(
     """Queue (one generation at a time, at most 20 waiting) and serve. Files are served from the output folder
     only (and gradio's own cache)."""
     studio: Studio = demo.studio  # type: ignore[attr-defined]
+    from PIL import Image
+
+    from iris.inputs import MAX_PIXELS
+
+    # gradio decodes uploads with PIL before a handler runs: PIL refuses images over 2 x MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
     demo.queue(default_concurrency_limit=1, max_size=20)
     kwargs: dict[str, Any] = dict(
         server_name=host,

@@ -106,14 +106,26 @@ class Gallery:
             self._write(entries)
             return entries
         entries = [e for e in (Entry.from_dict(item) for item in items) if e is not None]
-        return [e for e in entries if (self.folder / e.file).is_file()]
+        entries = [e for e in entries if (self.folder / e.file).is_file()]
+        # an image saved just before a crash (killed between the PNG's rename and the index's) is not lost
+        unindexed = self._rebuild(skip={e.file for e in entries})
+        if unindexed:
+            entries = sorted(entries + unindexed, key=lambda e: e.created)
+            try:
+                self._write(entries)
+            except OSError:
+                pass
+        return entries
 
-    def _rebuild(self) -> list[Entry]:
-        """Entries from the PNGs in the folder (their parameter chunks), oldest first."""
+    def _rebuild(self, skip: set[str] | frozenset[str] = frozenset()) -> list[Entry]:
+        """Entries from the PNGs in the folder (their parameter chunks), oldest first; temp files (.tmp-*) and
+        the files in `skip` are left out."""
         from iris.pngmeta import read_params
 
         entries = []
-        for path in sorted(self.folder.glob("*/*.png"), key=lambda p: p.stat().st_mtime):
+        paths = [p for p in self.folder.glob("*/*.png")
+                 if not p.name.startswith(".") and p.relative_to(self.folder).as_posix() not in skip]
+        for path in sorted(paths, key=lambda p: p.stat().st_mtime):
             params = read_params(path) or {}
             seed = params.get("seed")
             entries.append(

@@ -33,6 +33,32 @@ RUN_LABELS = {
 IMAGE_TARGETS = ("inpaint", "edit", "upscale", "control")
 DEFAULT_CONTROL_KINDS = ("canny", "scribble", "color", "depth", "pose")
 MAX_UI_ITERATIONS = 16
+
+
+def readable_upload(component: Any) -> Any:
+    """Make an image input answer an upload gradio cannot decode (corrupt, truncated, empty, over PIL's pixel
+    limit) with a one-line gr.Error instead of gradio's multi-line "Could not preprocess..." message.
+
+    gradio re-raises a gr.Error from a component's preprocess unchanged; anything else it wraps."""
+    inner = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return inner(payload)
+        except gr.Error:
+            raise
+        except Exception as err:  # PIL's errors on a bad file: OSError, UnidentifiedImageError, DecompressionBombError
+            from PIL import Image
+
+            if isinstance(err, Image.DecompressionBombError):
+                limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+                raise gr.Error(f"the uploaded image is too large: the limit is {limit:,} pixels",
+                               print_exception=False) from None
+            raise gr.Error(f"the uploaded image could not be read ({type(err).__name__}); is it a complete PNG, "
+                           "JPEG or WebP file?", print_exception=False) from None
+
+    component.preprocess = preprocess
+    return component
 MAX_UI_STEPS = 50
 
 
@@ -149,6 +175,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                         elem_id=f"{task}-input",
                     )
                 )
+            for component in images:
+                readable_upload(component)
 
             controls["prompt"] = gr.Textbox(
                 label="Prompt",

@@ -1,0 +1,216 @@
+"""The `iris` command as a user runs it: `python -m iris.cli ...` in a subprocess, offline, one torch thread.
+
+Every bad input ends with a non-zero exit and one line `iris: error: ...` on stderr, never a traceback; a good run
+writes a PNG carrying its parameters; a failed write (unwritable folder, full disk) leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--model", "nano", "--steps", "1", "-r", "1"]
+SENTINEL_NAME = "pickle-was-loaded"
+
+
+def iris(*args: str, cwd: Path | None = None, timeout: float = 120, preexec_fn=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "iris.cli", *args], cwd=cwd or ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *, only: bool = True, contains: str = "") -> str:
+    """Non-zero exit, no traceback, exactly one `iris: error:` line (the last one; with `only`, the only one)."""
+    lines = error_lines(proc)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    errors = [line for line in lines if line.startswith("iris: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    if only:
+        assert lines == errors, proc.stderr
+    assert contains.lower() in errors[0].lower(), errors[0]
+    return errors[0]
+
+
+class Payload:
+    """Unpickling this touches a sentinel file: proof that a pickle was (wrongly) loaded."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    Image.fromarray((np.random.RandomState(0).rand(24, 40, 3) * 255).astype(np.uint8)).save(base / "photo.png")
+    (base / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 64)
+    (base / "empty.png").write_bytes(b"")
+    # a model folder whose weights are a pickle: under the safetensors name, and as .bin / .pt beside a config
+    from iris import variant_config
+
+    pickled = base / "pickled-model"
+    pickled.mkdir()
+    variant_config("nano").save(pickled / "config.json")
+    sentinel = base / SENTINEL_NAME
+    for name in ("generator.safetensors", "generator.bin", "vae.pt", "text_encoder.ckpt"):
+        (pickled / name).write_bytes(pickle.dumps(Payload(sentinel)))
+    bins = base / "bin-model"
+    bins.mkdir()
+    variant_config("nano").save(bins / "config.json")
+    (bins / "generator.bin").write_bytes(pickle.dumps(Payload(sentinel)))
+    broken = base / "broken-config"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"name": "iris-nano", "generator": {"dim": ')
+    wrong = base / "wrong-config"
+    wrong.mkdir()
+    (wrong / "config.json").write_text(json.dumps([1, 2, 3]))
+    return base
+
+
+def bad_cases(base: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, a word the error line must contain)."""
+    photo = str(base / "photo.png")
+    return {
+        "missing image file": (["edit", str(base / "nope.png"), "x", *FAST], "not found"),
+        "corrupt image": (["edit", str(base / "corrupt.png"), "x", *FAST], "not a readable image"),
+        "zero-byte image": (["upscale", str(base / "empty.png"), *FAST], "empty"),
+        "corrupt mask": (["inpaint", photo, str(base / "corrupt.png"), "x", *FAST], "not a readable image"),
+        "steps 0": (["generate", "x", "--model", "nano", "--steps", "0"], "steps"),
+        "steps 201": (["generate", "x", "--model", "nano", "--steps", "201"], "steps"),
+        "iterations 99": (["generate", "x", "--model", "nano", "-r", "99"], "iterations"),
+        "guidance nan": (["generate", "x", *FAST, "--guidance", "nan"], "guidance"),
+        "guidance -1": (["generate", "x", *FAST, "--guidance", "-1"], "guidance"),
+        "negative seed": (["generate", "x", *FAST, "--seed", "-1"], "seed"),
+        "seed 2^64": (["generate", "x", *FAST, "--seed", str(2**64)], "seed"),
+        "width 100000": (["generate", "x", *FAST, "--width", "100000"], "width"),
+        "prompt over 10,000 chars": (["generate", "x" * 10_001, *FAST], "limit"),
+        "strength 2": (["edit", photo, "x", *FAST, "--strength", "2"], "strength"),
+        "pickle weights folder": (["generate", "x", "--model", str(base / "pickled-model")], "safetensors"),
+        "only .bin weights": (["generate", "x", "--model", str(base / "bin-model")], "missing"),
+        "offline hub id": (["generate", "x", "--model", "someone/model"], "hub"),
+        "malformed config.json": (["info", "--model", str(base / "broken-config")], "config"),
+        "config.json not an object": (["info", "--model", str(base / "wrong-config")], "config"),
+        "model is a file": (["info", "--model", photo], "folder"),
+        "unknown variant path": (["info", "--model", "no/such/folder/at/all"], "hub id"),
+    }
+
+
+CASES = list(bad_cases(Path("/")).keys())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_line_error(files, case, tmp_path):
+    args, word = bad_cases(files)[case]
+    proc = iris(*args, "-o", str(tmp_path / "out.png")) if args[0] != "info" else iris(*args)
+    assert_one_line_error(proc, contains=word)
+    assert not (tmp_path / "out.png").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temp files
+    assert not (files / SENTINEL_NAME).exists(), "a pickle file was unpickled"
+
+
+@pytest.mark.parametrize("args", [["generate", "x", "--steps", "abc"], ["generate", "x", "--seed", "1.5"],
+                                  ["upscale", "a.png", "--scale", "3"], ["frobnicate"]])
+def test_malformed_arguments_exit_2_without_traceback(args):
+    proc = iris(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.match(r"^iris( \w+)?: error: ", error_lines(proc)[-1]), proc.stderr  # argparse: `iris edit: error:`
+
+
+def test_generate_writes_a_png_with_its_parameters(tmp_path):
+    from iris.pngmeta import read_params
+
+    proc = iris("generate", "a red apple ✓", *FAST, "--seed", "7", "--width", "64", "--height", "48", "-o",
+                "out.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "wrote out.png (64x48" in proc.stdout
+    image = Image.open(tmp_path / "out.png")
+    assert image.format == "PNG" and image.size == (64, 48)
+    params = read_params(tmp_path / "out.png")
+    assert params["prompt"] == "a red apple ✓" and params["seed"] == 7 and params["steps"] == 1
+    assert params["iterations"] == 1 and params["task"] == "generate" and params["model_source"] == "random:nano"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temp file left behind
+
+
+def test_info_small_reports_about_47m_generator_params():
+    proc = iris("info", "--model", "small")
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"params\s+generator\s+([\d.]+)M", proc.stdout)
+    assert match, proc.stdout
+    assert abs(float(match.group(1)) - 47.0) <= 4.7, proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------- faults
+def test_output_path_under_a_file_gives_one_line_error(files, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = iris("edit", str(files / "photo.png"), "x", *FAST, "-o", str(blocker / "sub" / "out.png"))
+    assert_one_line_error(proc, only=False)  # after the progress line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing "
+                                              "(the parent-is-a-file test covers an unwritable output path)")
+def test_read_only_output_folder_gives_one_line_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        proc = iris("generate", "x", *FAST, "--width", "32", "--height", "32", "-o", str(folder / "out.png"))
+        assert_one_line_error(proc, only=False, contains="permission")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path):
+    """RLIMIT_FSIZE makes every write past 64 bytes fail with EFBIG (Python ignores SIGXFSZ): a full disk."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = iris("generate", "x", *FAST, "--width", "32", "--height", "32", "-o", str(out / "img.png"),
+                preexec_fn=small_files)
+    assert_one_line_error(proc, only=False, contains="too large")
+    assert list(out.iterdir()) == []  # the temp file was removed, no img.png
+
+
+def test_full_disk_in_process_removes_the_temp_file(tmp_path, monkeypatch):
+    """The same fault inside one process: PIL's save writes half a file then hits ENOSPC."""
+    import errno
+
+    from PIL import Image as PILImage
+
+    from iris import cli
+
+    real_save = PILImage.Image.save
+
+    def failing_save(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        fp.truncate(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", failing_save)
+    code = cli.main(["generate", "x", *FAST, "--width", "16", "--height", "16", "-q", "-o", str(tmp_path / "a.png")])
+    assert code == 1
+    assert list(tmp_path.iterdir()) == []
