@@ -217,7 +217,7 @@ def nano_config() -> IrisConfig:
         vae=VAEConfig(channels=(48, 96, 192)),
         text=TextConfig(kind="tiny", dim=256, max_length=32, layers=2, heads=4),
         generator=GeneratorConfig(
-            dim=128, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)
+            dim=192, heads=4, text_dim=256, afno_blocks=4, window=8, train_iterations=(2, 8)
         ),
         sampler=SamplerConfig(steps=4, iterations=8, guidance=3.0, shift=1.0),
     )
