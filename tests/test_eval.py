@@ -240,5 +240,8 @@ def test_demo_model_beats_untrained_on_the_evaluator():
     kw = dict(n_prompts=24, budgets=[(2, 4)], seed=0, classifier=clf, tasks=())
     got = ev.evaluate(demo, **kw)["generation"][0]
     base = ev.evaluate(untrained, **kw)["generation"][0]
-    assert got["emoji_acc"] > base["emoji_acc"], (got, base)
-    assert got["color_acc"] > base["color_acc"], (got, base)
+    # the trained model must be measurably better: background colours right far more often, generations
+    # closer to real scenes in the classifier's feature space, and never worse at naming the emoji
+    assert got["color_acc"] >= base["color_acc"] + 0.3, (got, base)
+    assert got["frechet"] < base["frechet"], (got, base)
+    assert got["emoji_acc"] >= base["emoji_acc"], (got, base)
