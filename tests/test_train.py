@@ -189,11 +189,11 @@ def test_stage_loss_falls(stage, tiny_model, image_folder, tmp_path):
         assert pipe.config.generator.num_classes == 4
 
 
-def test_distill_stage_runs_and_sets_sampler(tiny_model, image_folder, tmp_path):
+def test_distill_stage_runs_and_sets_sampler(base_model, image_folder, tmp_path):
     data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
-    trainer = Trainer(run_cfg(tiny_model, tmp_path / "d", "distill", data, steps=12, distill_intervals=4))
+    trainer = Trainer(run_cfg(base_model, tmp_path / "d", "distill", data, steps=24, distill_intervals=4))
     history = trainer.train()
-    assert all(np.isfinite(h["loss"]) for h in history)
+    assert losses_fall(history), [round(h["loss"], 5) for h in history]
     pipe = IrisPipeline.from_pretrained(trainer.export())
     assert pipe.config.distilled and pipe.config.sampler.sampler == "consistency"
     assert pipe.generate("x", steps=2, iterations=1).images[0].size == (32, 32)
@@ -204,10 +204,10 @@ def test_adapter_stages_train_only_the_adapter(stage, base_model, image_folder, 
     if stage == "control":
         pytest.importorskip("iris.control")
     data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
-    trainer = Trainer(run_cfg(base_model, tmp_path / stage, stage, data, steps=8))
+    trainer = Trainer(run_cfg(base_model, tmp_path / stage, stage, data, steps=24))
     before = {k: v.clone() for k, v in trainer.pipe.generator.state_dict().items()}
     history = trainer.train()
-    assert all(np.isfinite(h["loss"]) for h in history)
+    assert losses_fall(history), [round(h["loss"], 4) for h in history]
     after = trainer.pipe.generator.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "base generator must stay frozen"
     name = {"control": "control_canny"}.get(stage, stage)
