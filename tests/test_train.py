@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -88,9 +89,9 @@ def run_cfg(model: Path, out: Path, stage: str, data: DataConfig, **kw) -> Train
 def test_image_folder_reads_captions(image_folder):
     ds = build_dataset(DataConfig(source="folder", path=str(image_folder), size=32))
     assert len(ds) == 4
-    captions = sorted(ds.load(i, __import__("random").Random(0))["caption"] for i in range(4))
+    captions = sorted(ds.load(i, random.Random(0))["caption"] for i in range(4))
     assert captions == sorted(f"a white square on {n}" for n in COLORS)
-    sample = ds.load(0, __import__("random").Random(0))
+    sample = ds.load(0, random.Random(0))
     assert sample["image"].shape == (3, 32, 32)
     assert -1 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1
 
@@ -129,7 +130,7 @@ def test_tar_shards(tmp_path, image_folder):
                 tar.add(meta, arcname=f"{n}.json")
     ds = build_dataset(DataConfig(source="tar", path=str(tmp_path), size=16))
     assert sorted(r.caption for r in ds.records) == sorted(f"shard caption {n}" for n in COLORS)
-    assert ds.load(0, __import__("random").Random(0))["image"].shape == (3, 16, 16)
+    assert ds.load(0, random.Random(0))["image"].shape == (3, 16, 16)
 
 
 def test_emoji_source_is_procedural():

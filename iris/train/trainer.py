@@ -119,8 +119,10 @@ class Trainer:
         if cfg.stage == "text" and pipe.config.text.kind == "tiny" and not pipe.config.text.vocab:
             dataset = self.data.dataset
             n = min(cfg.vocab_captions, len(dataset))
-            captions = [dataset.load(i, __import__("random").Random(i))["caption"] for i in range(n)] \
-                if not hasattr(dataset, "scenes") else [dataset.scenes.plan(i).caption for i in range(n)]
+            if hasattr(dataset, "scenes"):  # procedural: captions without rendering
+                captions = [dataset.scenes.plan(i).caption for i in range(n)]
+            else:
+                captions = [dataset.records[i].caption for i in range(n)]
             extra = []
             if hasattr(dataset, "scenes"):
                 from .emoji import COLORS, EMOJI
