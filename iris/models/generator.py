@@ -13,7 +13,7 @@ residual branch is gated by an adaLN-Zero gate that starts at zero.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ class TextCondition:
 
     tokens: torch.Tensor
     mask: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # cross-attention keys/values
 
     def pooled(self) -> torch.Tensor:
         """Mean of the valid token states, [B, Dt]."""
@@ -77,7 +78,7 @@ class CoreLayer(nn.Module):
         sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table(mod)
         b, h, w, d = x.shape
         x = x + gated(self.mixer(modulate(self.norm1(x), sh1, sc1)), g1)
-        y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask)
+        y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
         x = x + gated(y.view(b, h, w, d), g2)
         return x + gated(self.ffn(modulate(self.norm3(x), sh3, sc3)), g3)
 

@@ -76,12 +76,26 @@ class CrossAttention(nn.Module):
         self.q_norm, self.k_norm = RMSNorm(dim // heads), RMSNorm(dim // heads)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+    def keys_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised keys and values [B, H, L, hd] of the text tokens [B, L, Dt]."""
+        b, n = text.shape[:2]
+        k, v = self.kv(text).view(b, n, 2, self.heads, -1).unbind(2)
+        return self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                cache: dict | None = None) -> torch.Tensor:
+        """`cache` (a dict living as long as the text) keeps keys/values across core iterations and steps;
+        it is only used without autograd, so training still back-propagates into the text path."""
         b, n, d = x.shape
         hd = d // self.heads
         q = self.q_norm(self.q(x).view(b, n, self.heads, hd)).transpose(1, 2)
-        k, v = self.kv(text).view(b, text.shape[1], 2, self.heads, hd).unbind(2)
-        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        use_cache = cache is not None and not torch.is_grad_enabled()
+        kv = cache.get(id(self)) if use_cache else None
+        if kv is None:
+            kv = self.keys_values(text)
+            if use_cache:
+                cache[id(self)] = kv
+        k, v = kv
         mask = None if text_mask is None else text_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
