@@ -18,15 +18,6 @@ from iris.models.adapters import CONTROL_KINDS, build_adapter
 FAST = dict(steps=2, iterations=1, guidance=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run many times slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def square(size: int = 64, lo: int = 16, hi: int = 48) -> Image.Image:
     a = np.zeros((size, size, 3), np.uint8)
     a[lo:hi, lo:hi] = 255

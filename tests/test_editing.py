@@ -18,15 +18,6 @@ from iris.sampling import flow_timesteps
 FAST = dict(steps=2, iterations=1, guidance=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run many times slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def photo(w: int = 128, h: int = 128, seed: int = 0) -> Image.Image:
     """A smooth random colour image (blurred noise), so the VAE sees something image-like."""
     rng = np.random.default_rng(seed)
