@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SCAN_METHODS = ("cumsum", "blocked", "matrix")  # see iris.models.scan
+
 
 @dataclass
 class VAEConfig:
@@ -64,7 +66,7 @@ class GeneratorConfig:
     rglru_c: float = 8.0
     conv_width: int = 4
     scan_chunk: int = 64
-    scan_method: str = "cumsum"  # "cumsum" (O(T D) per chunk) | "matrix" (masked decay matrix)
+    scan_method: str = "cumsum"  # "cumsum" | "blocked" (static shapes, for torch.compile) | "matrix" (ONNX)
     manhattan_exact_max_tokens: int = 1024
     # Coda
     window: int = 8
@@ -141,7 +143,7 @@ class IrisConfig:
             (lambda: t.max_length >= 2 and t.dim >= 1 and t.heads >= 1 and t.dim % t.heads == 0,
              "text.max_length >= 2 and text.dim divisible by text.heads"),
             (lambda: g.fourier_impl in ("fft", "dft", "auto"), "generator.fourier_impl must be fft, dft or auto"),
-            (lambda: g.scan_method in ("cumsum", "matrix"), "generator.scan_method must be cumsum or matrix"),
+            (lambda: g.scan_method in SCAN_METHODS, f"generator.scan_method must be one of {', '.join(SCAN_METHODS)}"),
             (lambda: self.sampler.steps >= 1 and self.sampler.iterations >= 1,
              "sampler steps and iterations must be >= 1"),
         ]

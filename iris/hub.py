@@ -98,29 +98,34 @@ def hub_file(repo_id: str, filename: str, what: str) -> Path:
 
 def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
     """Load a safetensors file into `module`, checking names and shapes; refuses pickle files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelLoadError(f"refusing to load {path.name}: pickle-based weights can run code; use safetensors")
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} is missing")
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            own = module.state_dict()
+            keys = list(f.keys())
+            missing = [k for k in own if k not in keys]
+            unexpected = [k for k in keys if k not in own]
+            if strict and (missing or unexpected):
+                detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+                raise ModelLoadError(f"{path.name} does not match the model config: {detail}")
+            for key in keys:
+                shape = tuple(f.get_slice(key).get_shape())
+                if key in own and tuple(own[key].shape) != shape:
+                    raise ModelLoadError(
+                        f"{path.name}: tensor {key} has shape {shape}, config expects {tuple(own[key].shape)}"
+                    )
+            # one tensor at a time, cast while copying: peak memory is the model plus its largest tensor
+            with torch.no_grad():
+                for key in keys:
+                    if key in own:
+                        own[key].copy_(f.get_tensor(key))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{path.name} is not a valid safetensors file: {err}") from err
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if strict and (missing or unexpected):
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ModelLoadError(f"{path.name} does not match the model config: {detail}")
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ModelLoadError(
-                f"{path.name}: tensor {key} has shape {tuple(value.shape)}, config expects {tuple(own[key].shape)}"
-            )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own}, strict=False)
 
 
 def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

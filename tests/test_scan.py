@@ -40,7 +40,7 @@ def _inputs(case: dict, dtype=torch.float32):
     return log_a, b, h0
 
 
-METHODS = ["cumsum", "matrix"]  # the two in-chunk forms; "cumsum" is the default
+METHODS = ["cumsum", "blocked", "matrix"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -77,13 +77,14 @@ def _wide_range_case():
     return log_a.float(), b.float(), ref64
 
 
-def test_cumsum_scan_precision_with_wide_decay_range():
+@pytest.mark.parametrize("method", ["cumsum", "blocked"])
+def test_cumsum_forms_precision_with_wide_decay_range(method):
     log_a, b, ref64 = _wide_range_case()
-    fast = chunked_linear_scan(log_a, b, chunk=64, method="cumsum").double()
+    fast = chunked_linear_scan(log_a, b, chunk=64, method=method).double()
     torch.testing.assert_close(fast, ref64, atol=1e-5, rtol=1e-5)
     # exp(-L) must stay finite: a decay range far beyond fp32's exponent still works
     steep = torch.full((1, 300, 2), -50.0)
-    out = chunked_linear_scan(steep, torch.ones(1, 300, 2), chunk=64, method="cumsum")
+    out = chunked_linear_scan(steep, torch.ones(1, 300, 2), chunk=64, method=method)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, torch.ones_like(out), atol=1e-6, rtol=0)  # h_t = b_t + e^-50 h_{t-1}
 
@@ -130,12 +131,32 @@ def test_known_closed_form():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 16, 64, 500])
-def test_chunk_size_does_not_change_result(chunk):
+@pytest.mark.parametrize("method", ["cumsum", "matrix"])
+def test_chunk_size_does_not_change_result(chunk, method):
     g = torch.Generator().manual_seed(0)
     log_a = -torch.rand(2, 97, 8, generator=g)
     b = torch.randn(2, 97, 8, generator=g)
-    torch.testing.assert_close(chunked_linear_scan(log_a, b, chunk), chunked_linear_scan(log_a, b, 97),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked_linear_scan(log_a, b, chunk, method=method),
+                               chunked_linear_scan(log_a, b, 97, method=method), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 25, 26, 126, 4099])
+def test_blocked_scan_at_block_boundaries(n):
+    # lengths around powers of the block (5): padding and every recursion depth
+    g = torch.Generator().manual_seed(n)
+    log_a = -0.3 * torch.rand(2, n, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(2, n, 3, generator=g, dtype=torch.float64)
+    out = chunked_linear_scan(log_a.float(), b.float(), method="blocked")
+    assert out.shape == (2, n, 3)
+    if n:
+        torch.testing.assert_close(out.double(), sequential_linear_scan(log_a, b), atol=2e-5, rtol=1e-5)
+
+
+def test_blocked_scan_has_no_data_dependent_shapes():
+    # torch.compile traces it without graph breaks (the "cumsum" form picks its chunk from the data)
+    explain = torch._dynamo.explain(lambda la, bb: chunked_linear_scan(la, bb, method="blocked"))
+    report = explain(-torch.rand(1, 40, 4), torch.randn(1, 40, 4))
+    assert report.graph_break_count == 0, report.break_reasons
 
 
 def test_half_precision_inputs_keep_their_dtype():
