@@ -213,6 +213,7 @@ def _build_peer(kind: str, size: int, latent_channels: int, grid: int, text_dim:
 
 PEER_STEP = {"dit": 32, "sana": 32, "unet": 8}
 PEER_MAX = {"dit": 4096, "sana": 4096, "unet": 1024}
+MAX_PEER_PARAMS = 400e6  # larger FLOP-matched peers are skipped: 1.6 GB of fp32 weights, minutes per NFE
 
 
 def _peer_inputs(kind: str, latent_channels: int, grid: int, text_len: int, text_dim: int, device=None):
@@ -245,11 +246,21 @@ def _peer_measure(kind: str, size: int, what: str, latent_channels: int, grid: i
 
 
 def _search_size(kind: str, target: float, what: str, latent_channels: int, grid: int, text_len: int,
-                 text_dim: int) -> int:
-    """Width (multiple of the peer's step) whose params/FLOPs are closest to target, on a log scale."""
+                 text_dim: int, max_params: float = MAX_PEER_PARAMS) -> int | None:
+    """Width (multiple of the peer's step) whose params/FLOPs are closest to target, on a log scale.
+
+    None when matching FLOPs would need a peer of more than `max_params` parameters (within 20%).
+    """
     step = PEER_STEP[kind]
     measure = lambda k: _peer_measure(kind, k * step, what, latent_channels, grid, text_len, text_dim)
     lo, hi = 1, PEER_MAX[kind] // step
+    params = lambda k: _peer_measure(kind, k * step, "params", latent_channels, grid, text_len, text_dim)
+    if what == "flops" and params(hi) > max_params:  # the widest peer under the parameter cap bounds the search
+        a, b = lo, hi  # params(a) <= max_params < params(b)
+        while b - a > 1:
+            mid = (a + b) // 2
+            a, b = (mid, b) if params(mid) <= max_params else (a, mid)
+        hi = a
     cache: dict[int, float] = {}
 
     def m(k: int) -> float:
@@ -260,7 +271,7 @@ def _search_size(kind: str, target: float, what: str, latent_channels: int, grid
     if m(lo) >= target:
         return lo * step
     if m(hi) <= target:
-        return hi * step
+        return hi * step if what == "params" or m(hi) >= 0.8 * target else None
     while hi - lo > 1:  # invariant m(lo) < target <= m(hi)
         mid = (lo + hi) // 2
         if m(mid) < target:
@@ -288,6 +299,10 @@ def peer_models(target_params: float | None = None, target_flops: float | None =
     for kind in peers:
         try:
             size = _search_size(kind, float(target), what, latent_channels, grid, text_len, text_dim)
+            if size is None:
+                out[PEER_NAMES[kind]] = f"skipped: matching {target / 1e9:.0f} GFLOP needs over " \
+                                        f"{MAX_PEER_PARAMS / 1e6:.0f}M parameters"
+                continue
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = _build_peer(kind, size, latent_channels, grid, text_dim).eval()
@@ -373,6 +388,53 @@ def peak_rss(variant: str, stored: str, budget: tuple[int, int], threads: int, w
 
 
 # --------------------------------------------------------------------------------------------- end to end
+INTENDED_BUDGETS = ((1, 4), (2, 4), (4, 4))  # few steps, no guidance: the distilled model's budgets
+UNET_STEPS = 25
+
+
+def intended_vs_unet(variant: str, timeit: Callable[[Callable[[], Any]], float], repeats: int = 2,
+                     budgets=INTENDED_BUDGETS, unet_steps: int = UNET_STEPS) -> list[dict[str, Any]]:
+    """One whole image: IRIS at few steps without guidance against a 25-step guided SD-style UNet.
+
+    The UNet is matched to the IRIS generator's parameters on the same latent grid and runs each step as one
+    batch-2 NFE (conditional and unconditional together); its text encoding and decoding are taken equal to
+    IRIS's (the same encoder and VAE would serve it).
+    """
+    from .pipeline import IrisPipeline
+
+    cfg = variant_config(variant)
+    grid = cfg.resolution // cfg.vae.downsample
+    pipe = IrisPipeline.from_variant(variant)
+    pipe.generate(PROMPT, steps=1, iterations=1, guidance=0.0, seed=0)  # warm-up
+    rows = []
+    for steps, iterations in budgets:
+        totals = []
+        for _ in range(max(1, repeats)):
+            pipe._text_cache.clear()
+            totals.append(pipe.generate(PROMPT, steps=steps, iterations=iterations, guidance=0.0, seed=0,
+                                        preview_fraction=None).timings)
+        rows.append({"model": f"IRIS-{variant}", "steps": steps, "iterations": iterations, "guidance": 0.0,
+                     "nfe": steps, "total_s": statistics.median(t["total_s"] for t in totals),
+                     "sampling_s": statistics.median(t["sampling_s"] for t in totals)})
+    overhead = statistics.median(r["total_s"] - r["sampling_s"] for r in rows)  # text + decode
+    params = num_params(pipe.generator)
+    length, width = text_shape(variant)
+    del pipe
+    peer = peer_models(target_params=params, latent_channels=cfg.generator.latent_channels, grid=grid,
+                       text_len=length, text_dim=width, peers=("unet",))["SD-UNet"]
+    if isinstance(peer, str):
+        return rows + [{"model": "SD-UNet", "note": peer}]
+    z, t = torch.randn(2, cfg.generator.latent_channels, grid, grid), torch.full((2,), 500.0)
+    text = torch.randn(2, length, width)
+    nfe_s = timeit(lambda: peer.module(z, t, encoder_hidden_states=text, return_dict=False))
+    rows.append({"model": f"SD-UNet ({_m(peer.params)})", "steps": unet_steps, "iterations": None, "guidance": 7.5,
+                 "nfe": 2 * unet_steps, "total_s": unet_steps * nfe_s + overhead, "sampling_s": unet_steps * nfe_s})
+    unet_total = rows[-1]["total_s"]
+    for r in rows[:-1]:
+        r["speedup_vs_unet"] = unet_total / r["total_s"]
+    return rows
+
+
 def end_to_end(variant: str, budgets, repeats: int, guidance: float | None = None,
                estimate: Callable[[int, int], float] | None = None, max_run_s: float | None = None,
                preview_rounds: int = 1) -> tuple[list, dict]:
@@ -566,6 +628,8 @@ def run_benchmark(quick: bool = False, variants=None, out_dir: str | Path | None
         log(f"end to end {v}: {[r.get('total_s', r.get('skipped')) for r in rows]}")
     results["end_to_end"] = e2e
     results["preview_overhead"] = previews
+    results["intended_budget"] = intended_vs_unet(reference, timeit, repeats=1 if quick else 2)
+    log(f"intended budget vs UNet: {[round(r.get('total_s', 0), 3) for r in results['intended_budget']]}")
 
     # peak memory, each generation in a fresh subprocess
     memory = []
@@ -696,6 +760,20 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {p['variant']} | {p['steps']} × {p['iterations']} | {_ms(p['no_preview_s'])} | "
                      f"{_ms(p['throttled_s'])} ({100 * p['throttled_overhead']:+.0f}%) | "
                      f"{_ms(p['every_iteration_s'])} ({100 * p['every_overhead']:+.0f}%) |")
+    intended = results.get("intended_budget") or []
+    if intended:
+        lines += ["", f"Whole {intended[0]['model']} image at its intended budget (no guidance) against a "
+                  f"{UNET_STEPS}-step guided UNet of the same size (same text encoder and VAE):", "",
+                  "| model | steps × r | guidance | NFE | total ms | faster than the UNet |",
+                  "|---|---|---|---|---|---|"]
+        for r in intended:
+            if "note" in r:
+                lines.append(f"| {r['model']} | {r['note']} | – | – | – | – |")
+                continue
+            budget = f"{r['steps']} × {r['iterations']}" if r["iterations"] else f"{r['steps']}"
+            faster = f"{r['speedup_vs_unet']:.1f}×" if "speedup_vs_unet" in r else "–"
+            lines.append(f"| {r['model']} | {budget} | {r['guidance']:g} | {r['nfe']} | {_ms(r['total_s'])} | "
+                         f"{faster} |")
     lines += ["", "### Peak memory of a full generation (fresh process, 1 step at the default r, CFG on)", "",
               "| variant | stored weights | RSS after imports MB | RSS after load MB | peak RSS MB | peak − imports MB "
               "| card MB |", "|---|---|---|---|---|---|---|"]

@@ -119,13 +119,49 @@ def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
                     raise ModelLoadError(
                         f"{path.name}: tensor {key} has shape {shape}, config expects {tuple(own[key].shape)}"
                     )
-            # one tensor at a time, cast while copying: peak memory is the model plus its largest tensor
-            with torch.no_grad():
-                for key in keys:
-                    if key in own:
-                        own[key].copy_(f.get_tensor(key))
+        with torch.no_grad():
+            for key in keys:
+                if key in own:
+                    _copy_in_blocks(own[key], path, key)
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{path.name} is not a valid safetensors file: {err}") from err
+
+
+_SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def stored_float_dtype(path: Path) -> torch.dtype | None:
+    """The dtype of the floating tensors of a safetensors file (the first one's), or None if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                dtype = _SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    except (SafetensorError, OSError, ValueError):
+        return None  # load_weights reports the problem
+    return None
+
+
+LOAD_BLOCK_ELEMENTS = 1 << 22  # 16 MB of fp32 per read
+
+
+def _copy_in_blocks(dest: torch.Tensor, path: Path, key: str) -> None:
+    """Copy tensor `key` of a safetensors file into `dest` (same shape, any float dtype), a block of rows at a
+    time, casting while copying. The file is memory-mapped only while a block is read, so the pages it
+    touches leave this process's RSS again: loading costs one block of extra memory, not a copy of the file."""
+    from safetensors import safe_open
+
+    if dest.dim() == 0:
+        with safe_open(str(path), framework="pt") as f:
+            dest.copy_(f.get_tensor(key))
+        return
+    rows = dest.shape[0] if dest.numel() <= LOAD_BLOCK_ELEMENTS else max(1, LOAD_BLOCK_ELEMENTS // dest[0].numel())
+    for start in range(0, dest.shape[0], rows):
+        with safe_open(str(path), framework="pt") as f:
+            dest[start : start + rows].copy_(f.get_slice(key)[start : start + rows])
 
 
 def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

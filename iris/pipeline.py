@@ -26,7 +26,7 @@ from torch import nn
 from . import sampling
 from .config import IrisConfig, variant_config
 from .errors import GenerationCancelled, InvalidInputError, ModelLoadError
-from .hub import load_weights, resolve_model, save_weights
+from .hub import load_weights, resolve_model, save_weights, stored_float_dtype
 from .inputs import check_float, check_int, check_prompt, check_seed, round_size, tensor_to_pil
 from .models.generator import IrisGenerator, TextCondition
 from .models.text import TextEncoder, build_text_encoder
@@ -132,8 +132,12 @@ class IrisPipeline:
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, config: IrisConfig, seed: int = 0, source: str = "") -> IrisPipeline:
-        """A pipeline with freshly initialised (random, seeded) weights."""
+    def from_config(cls, config: IrisConfig, seed: int = 0, source: str = "", half_text_weights: bool = False,
+                    ) -> IrisPipeline:
+        """A pipeline with freshly initialised (random, seeded) weights.
+
+        half_text_weights: hold a CLIP text encoder's weights in fp16, computing in fp32 (`ClipTextEncoder`).
+        """
         from .models.adapters import build_adapter
 
         seed = check_seed(seed)  # torch.manual_seed overflows (a bare ValueError) beyond 64 bits
@@ -141,7 +145,7 @@ class IrisPipeline:
             torch.manual_seed(seed)
             generator = IrisGenerator(config.generator)
             vae = WaveletVAE(config.vae)
-            text = build_text_encoder(config.text)
+            text = build_text_encoder(config.text, half_weights=half_text_weights)
             adapters = {name: build_adapter(name, config) for name in config.adapters}
         return cls(config, generator, vae, text, adapters=adapters, source=source or f"random:{config.name}")
 
@@ -156,13 +160,15 @@ class IrisPipeline:
         """Load a model folder (config.json + *.safetensors), a hub id, or None for the bundled demo."""
         folder = resolve_model(path_or_hub_id)
         config = IrisConfig.load(folder / "config.json")
+        text_file = folder / "text_encoder.safetensors"
+        # CLIP weights stored in fp16 stay fp16 in memory (half of their fp32 size; nothing lost)
+        half_text = text_file.is_file() and stored_float_dtype(text_file) == torch.float16
         try:
-            pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"))
+            pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text)
         except Exception as err:
             raise ModelLoadError(f"{folder / 'config.json'} describes an invalid model: {err}") from err
         load_weights(pipe.generator, folder / "generator.safetensors")
         load_weights(pipe.vae, folder / "vae.safetensors")
-        text_file = folder / "text_encoder.safetensors"
         if text_file.is_file():
             load_weights(pipe.text_encoder, text_file)
         elif config.text.kind == "clip":

@@ -67,9 +67,28 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert all("ratio" in row for row in data["per_nfe"])
     else:
         assert all(row["note"].startswith("diffusers not installed") for row in data["per_nfe"])
+    intended = data["intended_budget"]
+    assert [(r["steps"], r["iterations"]) for r in intended[:3]] == list(bench.INTENDED_BUDGETS)
+    assert all(r["guidance"] == 0 and r["total_s"] > 0 for r in intended[:3])
+    if bench.diffusers_available() is None:
+        unet = intended[-1]
+        assert unet["nfe"] == 2 * bench.UNET_STEPS and unet["total_s"] > unet["sampling_s"] > 0
+        assert all(r["speedup_vs_unet"] == pytest.approx(unet["total_s"] / r["total_s"]) for r in intended[:3])
     md = (tmp_path / "results.md").read_text()
     assert "Per-NFE latency" in md and "Scaling with resolution" in md and "Utilisation" in md
+    assert "intended budget" in md
     assert md == bench.to_markdown(results)
+
+
+def test_flop_matched_peers_over_the_parameter_cap_are_skipped():
+    if bench.diffusers_available() is not None:
+        pytest.skip("diffusers is not installed (pip install -e '.[bench]')")
+    # IRIS-base's 1.4 TFLOP per NFE at 512 px would need a DiT of billions of parameters
+    assert bench._search_size("dit", 1.4e12, "flops", 16, 32, 77, 768) is None
+    width = bench._search_size("dit", 1.1e11, "flops", 16, 16, 77, 768)  # IRIS-small's FLOPs at 256 px
+    assert width is not None and bench._peer_measure("dit", width, "params", 16, 16, 77, 768) < bench.MAX_PEER_PARAMS
+    peers = bench.peer_models(target_flops=1.4e12, grid=32, peers=("dit",))
+    assert peers["DiT"].startswith("skipped: matching 1400 GFLOP needs over 400M parameters")
 
 
 def test_peer_rows_say_when_diffusers_is_missing(monkeypatch):

@@ -121,6 +121,37 @@ def test_clip_text_encoder_with_random_weights():
     assert not torch.allclose(cond.tokens[0, :3], cond.tokens[1, :3])
 
 
+@pytest.mark.slow
+def test_fp16_stored_clip_weights_stay_half_in_memory_and_compute_in_fp32(tmp_path):
+    from iris.config import variant_config
+    from iris.pipeline import IrisPipeline
+
+    config = variant_config("tiny")
+    assert config.text.kind == "clip"
+    pipe = IrisPipeline.from_config(config)
+    pipe.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    loaded = IrisPipeline.from_pretrained(tmp_path / "fp16")
+    blocks = loaded.text_encoder.model.transformer.resblocks
+    assert {p.dtype for p in blocks.parameters()} == {torch.float16}
+    assert loaded.text_encoder.model.token_embedding.weight.dtype == torch.float16
+    half_bytes = sum(p.numel() * p.element_size() for p in loaded.text_encoder.parameters())
+    assert half_bytes < 0.55 * 4 * sum(p.numel() for p in loaded.text_encoder.parameters())
+    # the same fp16-rounded weights held in fp32 give the same states: nothing is computed in half precision
+    with torch.no_grad():
+        for p in pipe.text_encoder.parameters():
+            p.copy_(p.half().float())
+    prompts = ["a photo of a cat", ""]
+    with torch.inference_mode():
+        ref, got = pipe.text_encoder.encode(prompts), loaded.text_encoder.encode(prompts)
+    assert got.tokens.dtype == torch.float32
+    torch.testing.assert_close(got.tokens, ref.tokens, atol=1e-4, rtol=1e-4)
+    assert {p.dtype for p in blocks.parameters()} == {torch.float16}  # put back after the call
+    # fp32-stored weights load as fp32
+    pipe.save_pretrained(tmp_path / "fp32")
+    full = IrisPipeline.from_pretrained(tmp_path / "fp32")
+    assert {p.dtype for p in full.text_encoder.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize("hub_id", ["timm/vit_large_patch14_clip_224.openai", "someone/some-clip"])
 def test_clip_hub_weights_offline_error_names_the_hub_id(offline_hub, hub_id):
     # the hub lookup comes before the tower is touched: a stand-in with the config is enough (no 123M build)

@@ -52,6 +52,32 @@ class TextEncoder(nn.Module):
         return next(self.parameters()).device
 
 
+def store_half_compute_float(block: nn.Module) -> None:
+    """Keep `block`'s floating parameters in fp16 between calls and run it in fp32.
+
+    A forward pre-hook swaps in fp32 copies (and casts floating inputs to fp32); a forward hook puts the fp16
+    tensors back. Memory: half the weights, plus one block in fp32 while it runs.
+    """
+    params = [p for p in block.parameters() if p.is_floating_point()]
+    for p in params:
+        p.data = p.data.half()
+
+    def upcast(module: nn.Module, args: tuple) -> tuple:
+        module._half_weights = [p.data for p in params]
+        for p in params:
+            p.data = p.data.float()
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def restore(module: nn.Module, args: tuple, out):
+        for p, half in zip(params, module._half_weights):
+            p.data = half
+        module._half_weights = []
+        return out
+
+    block.register_forward_pre_hook(upcast)
+    block.register_forward_hook(restore)
+
+
 class TinyTextEncoder(TextEncoder):
     """Small bidirectional transformer over a compact slice of open_clip's vocabulary."""
 
@@ -87,7 +113,9 @@ class TinyTextEncoder(TextEncoder):
 class ClipTextEncoder(TextEncoder):
     """CLIP-L/14 text tower (open_clip) giving per-token states [B, 77, 768]."""
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, cfg: TextConfig, half_weights: bool = False):
+        """half_weights: hold the token table and transformer blocks in fp16 (half the memory; for weights
+        stored in fp16 nothing is lost) and compute in fp32, each block cast while it runs."""
         super().__init__()
         import open_clip
         from open_clip.transformer import QuickGELU, TextTransformer
@@ -97,11 +125,28 @@ class ClipTextEncoder(TextEncoder):
         if model_cfg is None:
             raise ValueError(f"open_clip has no model named {cfg.clip_model!r}")
         tc = model_cfg["text_cfg"]
-        self.model = TextTransformer(
-            context_length=tc["context_length"], vocab_size=tc["vocab_size"], width=tc["width"],
-            heads=tc["heads"], layers=tc["layers"], output_dim=model_cfg["embed_dim"],
-            act_layer=QuickGELU, output_tokens=True,
-        )
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float16 if half_weights else default)  # never a full fp32 copy
+        try:
+            self.model = TextTransformer(
+                context_length=tc["context_length"], vocab_size=tc["vocab_size"], width=tc["width"],
+                heads=tc["heads"], layers=tc["layers"], output_dim=model_cfg["embed_dim"],
+                act_layer=QuickGELU, output_tokens=True,
+            )
+        finally:
+            torch.set_default_dtype(default)
+        if half_weights:
+            blocks = self.model.transformer.resblocks
+            for name, module in self.model.named_children():
+                if module is not self.model.transformer and name != "token_embedding":
+                    module.float()
+            for param in self.model.parameters(recurse=False):
+                param.data = param.data.float()
+            for name, buf in self.model.named_buffers(recurse=False):
+                setattr(self.model, name, buf.float())
+            for block in blocks:
+                store_half_compute_float(block)
+            self.model.transformer.get_cast_dtype = lambda: torch.float32  # open_clip reads it from block 0
 
     def load_hub_weights(self) -> None:
         """Load the text tower from the hub cache (downloading when online). Safetensors only."""
@@ -125,10 +170,10 @@ class ClipTextEncoder(TextEncoder):
         return self(tokenize(prompts, self.config.max_length).to(self.device))
 
 
-def build_text_encoder(cfg: TextConfig) -> TextEncoder:
-    """The text encoder a config names (random weights)."""
+def build_text_encoder(cfg: TextConfig, half_weights: bool = False) -> TextEncoder:
+    """The text encoder a config names (random weights); half_weights: see `ClipTextEncoder` (CLIP only)."""
     if cfg.kind == "tiny":
         return TinyTextEncoder(cfg)
     if cfg.kind == "clip":
-        return ClipTextEncoder(cfg)
+        return ClipTextEncoder(cfg, half_weights=half_weights)
     raise ValueError(f"unknown text encoder kind {cfg.kind!r} (expected 'clip' or 'tiny')")
