@@ -93,11 +93,7 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
                      "max_abs_diff": float((oa - ob).abs().max())})
         print(_row_md(rows[-1]), flush=True)
 
-    # 1. one GEMM for the three GRFM input projections
-    measure("fused GRFM input projections", "3 GEMMs", "1 GEMM",
-            lambda: _setting(mods(GRFM), "fuse_projections", False))
-
-    # 2. the Manhattan decay bias [H, N, N] built once, not per layer and iteration
+    # 1. the Manhattan decay bias [H, N, N] built once, not per layer and iteration
     def uncached():
         @contextmanager
         def ctx():
@@ -114,7 +110,7 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
 
     measure("cached Manhattan bias", "rebuilt per call", "cached", uncached)
 
-    # 3. cross-attention keys/values of the text, once per generation (here: once for all calls)
+    # 2. cross-attention keys/values of the text, once per generation (here: once for all calls)
     @contextmanager
     def no_kv_cache():
         from iris.models import layers
@@ -132,16 +128,16 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
 
     measure("cached text keys/values", "per layer and iteration", "once", no_kv_cache)
 
-    # 4. Fourier mixing: DFT-as-matmul against torch.fft on this grid
+    # 3. Fourier mixing: DFT-as-matmul against torch.fft on this grid
     measure("AFNO transform", "torch.fft", "auto (" + ("DFT" if tokens_side**2 <= 256 else "FFT") + ")",
             lambda: _setting(mods(AFNO2D), "impl", "fft"))
 
-    # 5. the scan: data-dependent chunks in a loop against static blocks
+    # 4. the scan: data-dependent chunks in a loop against static blocks
     lrus = [m.recurrent.lru for m in mods(GRFM)]
     measure("scan form", "cumsum", "blocked", lambda: _setting(lrus, "method", "cumsum"),
             lambda: _setting(lrus, "method", "blocked"))
 
-    # 6. threads
+    # 5. threads
     n = torch.get_num_threads()
     if n > 1:
         @contextmanager

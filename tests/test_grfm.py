@@ -294,37 +294,6 @@ def test_grfm_merge_formula():
         torch.testing.assert_close(mixer(x), mixer.out(mixer.fourier(x)), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("column_major", [False, True])
-def test_fused_input_projections_match_separate_ones(column_major):
-    torch.manual_seed(0)
-    mixer = perturb(GRFM(tiny_config(), column_major=column_major), std=0.05, seed=2)
-    x = torch.randn(2, 4, 6, 32)
-    with torch.no_grad():
-        mixer.fuse_projections = False
-        separate = mixer(x)
-        mixer.fuse_projections = True
-        fused = mixer(x)
-    with torch.inference_mode():
-        fused_inference = mixer(x)
-    torch.testing.assert_close(fused, separate, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(fused_inference, separate, atol=1e-6, rtol=1e-5)
-
-
-def test_fused_weights_follow_loaded_parameters():
-    torch.manual_seed(0)
-    mixer = perturb(GRFM(tiny_config()), std=0.05, seed=3)
-    other = perturb(GRFM(tiny_config()), std=0.05, seed=4)
-    x = torch.randn(1, 3, 3, 32)
-    with torch.no_grad():
-        before = mixer(x)  # builds the fused weight
-        mixer.load_state_dict(other.state_dict())
-        after = mixer(x)
-        mixer.fuse_projections = False
-        expected = mixer(x)
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, expected, atol=1e-6, rtol=1e-5)
-
-
 def test_manhattan_bias_is_cached_at_inference_only():
     attn = ManhattanAttention(32, heads=2)
     with torch.no_grad():

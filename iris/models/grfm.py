@@ -157,20 +157,19 @@ class RecurrentBlock(nn.Module):
         self.lru = RGLRU(width, c, chunk, method)
         self.out_proj = nn.Linear(width, dim)
 
-    def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, h, w, D] -> [B, h, w, D]; `projected` [B, h, w, 2W]: in_proj(x) when already computed."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        p = self.in_proj(x) if projected is None else projected
         if self.column_major:
-            p = p.transpose(1, 2)
-        y, r = p.reshape(b, h * w, -1).chunk(2, dim=-1)
+            x = x.transpose(1, 2)
+        seq = x.reshape(b, h * w, -1)
+        y, r = self.in_proj(seq).chunk(2, dim=-1)
         n = r.shape[1]
         r = torch.cat([r, r.flip(1)], dim=0)  # forward and reversed scans as one batch
         r = self.conv(r.transpose(1, 2))[..., :n].transpose(1, 2)
         r = self.lru(r)
         r = 0.5 * (r[:b] + r[b:].flip(1))
         out = self.out_proj(F.gelu(y, approximate="tanh") * r)
-        out = out.view(b, *p.shape[1:3], -1)
+        out = out.view(b, *x.shape[1:3], -1)
         return out.transpose(1, 2) if self.column_major else out
 
 
@@ -185,7 +184,8 @@ def manhattan_distance(h: int, w: int, device: torch.device | None = None) -> to
 
 
 class _InferenceCache:
-    """One tensor derived from a module's parameters, rebuilt when the key (shapes, parameter versions) changes.
+    """One tensor derived from a module's parameters, rebuilt when its key (sizes, parameter storage and
+    version) changes.
 
     Only used without autograd: training always recomputes, so gradients flow as usual.
     """
@@ -227,14 +227,13 @@ class ManhattanAttention(nn.Module):
     def bias(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Decay bias log(gamma_h) * (|drow| + |dcol|): [H, N, N]; cached between calls at inference."""
         build = lambda: self.log_gamma().to(dtype)[:, None, None] * manhattan_distance(h, w, device).to(dtype)
-        return self._bias.get((h, w, dtype, device, self.log_gamma_raw._version), build)
+        key = (h, w, dtype, device, self.log_gamma_raw.data_ptr(), self.log_gamma_raw._version)
+        return self._bias.get(key, build)
 
-    def forward(self, x: torch.Tensor, exact: bool | None = None, qkv: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, h, w, D] -> [B, h, w, D]; `qkv` [B, h, w, 3D]: the projection of x when already computed."""
+    def forward(self, x: torch.Tensor, exact: bool | None = None) -> torch.Tensor:
         b, h, w, d = x.shape
         hd = d // self.heads
-        qkv = self.qkv(x) if qkv is None else qkv
-        q, k, v = qkv.view(b, h, w, 3, self.heads, hd).unbind(3)  # each [B, h, w, H, hd]
+        q, k, v = self.qkv(x).view(b, h, w, 3, self.heads, hd).unbind(3)  # each [B, h, w, H, hd]
         lg = self.log_gamma().to(x.dtype)
         if exact if exact is not None else h * w <= self.exact_max_tokens:
             bias = self.bias(h, w, x.dtype, x.device)  # [H, N, N]
@@ -272,25 +271,8 @@ class GRFM(nn.Module):
         self.gate = nn.Linear(d, d)
         self.alpha = nn.Parameter(torch.full((d,), 0.5))
         self.out = nn.Linear(d, d)
-        self.fuse_projections = True  # one GEMM for gate, recurrent in_proj and spatial qkv at inference
-        self._fused = _InferenceCache()
-
-    def _fused_weight(self) -> torch.Tensor:
-        """[D + 2W + 3D, D + 1]: the three input projections stacked, bias as the last column."""
-        layers = (self.gate, self.recurrent.in_proj, self.spatial.qkv)
-        key = tuple((p.data_ptr(), p._version, p.dtype) for layer in layers for p in (layer.weight, layer.bias))
-        build = lambda: torch.cat([torch.cat([m.weight, m.bias[:, None]], dim=1) for m in layers])
-        return self._fused.get(key, build)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse_projections and not torch.is_grad_enabled():
-            wb = self._fused_weight()
-            d, rw = self.gate.out_features, self.recurrent.in_proj.out_features
-            gate, rec, qkv = F.linear(x, wb[:, :-1], wb[:, -1]).split([d, rw, 3 * d], dim=-1)
-            g = torch.sigmoid(gate)
-            mixed = (g * self.fourier(x) + (1 - g) * self.recurrent(x, rec)
-                     + self.alpha * self.spatial(x, qkv=qkv))
-            return self.out(mixed)
         g = torch.sigmoid(self.gate(x))
         mixed = g * self.fourier(x) + (1 - g) * self.recurrent(x) + self.alpha * self.spatial(x)
         return self.out(mixed)
