@@ -614,6 +614,29 @@ def run_benchmark(quick: bool = False, variants=None, out_dir: str | Path | None
     reference_peers = {}
     results["scaling"] = scaling
 
+    # equal FLOPs at the largest resolution too, where attention's N^2 term dominates the peers' FLOPs
+    top = max(s.resolutions)
+    if top > ref_cfg.resolution:
+        side = _tokens_side(top, ref_cfg.vae.downsample)
+        iris = iris_forward(reference, side)
+        flops = count_flops(iris.fn)
+        t_iris = dict(zip(scaling[iris.name]["px"], scaling[iris.name]["latency_s"]))[top]
+        del iris
+        peers = peer_models(target_flops=flops, latent_channels=ref_cfg.generator.latent_channels, grid=side,
+                            text_len=length, text_dim=width, peers=("dit", "sana"))
+        for name, peer in peers.items():
+            row = {"variant": reference, "match": "flops", "model": name, "px": top, "iris_flops": flops,
+                   "iris_latency_s": t_iris}
+            if isinstance(peer, str):
+                per_nfe.append({**row, "note": peer})
+                continue
+            p_flops = count_flops(peer.fn)
+            t_peer = timeit(peer.fn)
+            per_nfe.append({**row, "params": peer.params, "width": peer.config["width"], "flops_per_nfe": p_flops,
+                            "latency_s": t_peer, "ratio": t_peer / t_iris})
+            log(f"  {name} (flops at {top}px, width {peer.config['width']}): {t_peer * 1e3:.1f} ms")
+        del peers
+
     # end to end and preview overhead
     e2e, previews = [], []
     for v in s.variants:
@@ -721,7 +744,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     for row in results["per_nfe"]:
         v = info[row["variant"]]
         head = (f"| {row['variant']} (r={v['iterations']}) | {row['px']} | {_m(v['params'])} | "
-                f"{_g(v['flops_per_nfe'])} | {_ms(v['latency_s'])} | {row['model']} | {row['match']} |")
+                f"{_g(row.get('iris_flops', v['flops_per_nfe']))} | {_ms(row.get('iris_latency_s', v['latency_s']))} "
+                f"| {row['model']} | {row['match']} |")
         if "note" in row:
             lines.append(f"{head} {row['note']} | – | – | – |")
         else:
