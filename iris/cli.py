@@ -41,6 +41,13 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-threshold", type=float, help="adaptive exit: stop iterating once the core state settles")
     p.add_argument("--output", "-o", default=None, help="output PNG (default: <task>-<seed>.png)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the core iteration (pays off over many images at one size)")
+
+
+def _task_pipeline(args: argparse.Namespace):
+    pipe = load_pipeline(args.model, args.device, args.seed)
+    return pipe.compile() if args.compile else pipe
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +81,7 @@ def _save(result, args: argparse.Namespace, task: str) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args.model, args.device, args.seed)
+    pipe = _task_pipeline(args)
     result = pipe.generate(args.prompt, width=args.width, height=args.height, num_images=args.num_images,
                            on_preview=_progress(args.quiet), **_common(args))
     _save(result, args, "generate")
@@ -82,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args.model, args.device, args.seed)
+    pipe = _task_pipeline(args)
     result = pipe.edit(args.image, args.prompt, strength=args.strength, on_preview=_progress(args.quiet),
                        **_common(args))
     _save(result, args, "edit")
@@ -90,7 +97,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args.model, args.device, args.seed)
+    pipe = _task_pipeline(args)
     result = pipe.inpaint(args.image, args.mask, args.prompt, mask_blur=args.mask_blur, masked_only=args.masked_only,
                           padding=args.padding, on_preview=_progress(args.quiet), **_common(args))
     _save(result, args, "inpaint")
@@ -98,7 +105,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args.model, args.device, args.seed)
+    pipe = _task_pipeline(args)
     result = pipe.upscale(args.image, scale=args.scale, prompt=args.prompt, strength=args.strength, tile=args.tile,
                           on_preview=_progress(args.quiet), **_common(args))
     _save(result, args, "upscale")
@@ -106,7 +113,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    pipe = load_pipeline(args.model, args.device, args.seed)
+    pipe = _task_pipeline(args)
     result = pipe.control(args.image, args.prompt, kind=args.kind, weight=args.weight, start=args.start, end=args.end,
                           preprocess=not args.no_preprocess, width=args.width, height=args.height,
                           on_preview=_progress(args.quiet), **_common(args))

@@ -207,6 +207,17 @@ class IrisPipeline:
         self._text_cache.clear()
         return self
 
+    def compile(self) -> IrisPipeline:
+        """Compile the core iteration with `torch.compile` (opt-in; 1.25x per NFE for nano at 128 px on a 2-core
+        CPU after ~20 s of compiling, once per resolution and batch size). Switches the scan to its static
+        "blocked" form, which has no data-dependent shapes."""
+        for module in self.generator.modules():
+            if hasattr(module, "method") and hasattr(module, "chunk"):  # the RG-LRU scans
+                module.method = "blocked"
+        eager = type(self.generator).iterate.__get__(self.generator)
+        self.generator.iterate = torch.compile(eager, dynamic=False)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device

@@ -69,7 +69,7 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert all(row["note"].startswith("diffusers not installed") for row in data["per_nfe"])
     intended = data["intended_budget"]
     assert [(r["steps"], r["iterations"]) for r in intended[:3]] == list(bench.INTENDED_BUDGETS)
-    assert all(r["guidance"] == 0 and r["total_s"] > 0 for r in intended[:3])
+    assert all(r["guidance"] == 1 and r["total_s"] > 0 for r in intended[:3])
     if bench.diffusers_available() is None:
         unet = intended[-1]
         assert unet["nfe"] == 2 * bench.UNET_STEPS and unet["total_s"] > unet["sampling_s"] > 0

@@ -428,3 +428,25 @@ def test_guidance_zero_is_the_unconditional_velocity(nano_pipe):
     plain = nano_pipe.generate("a blue car", guidance=1.0, seed=3, **FAST)
     diff = np.abs(np.asarray(zero.images[0], int) - np.asarray(plain.images[0], int))
     assert diff.max() <= 1
+
+
+@pytest.mark.slow
+def test_compiled_core_gives_the_same_image():
+    import shutil as sh
+
+    if sh.which("cc") is None and sh.which("gcc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler (none on PATH)")
+    from conftest import perturb, tiny_config
+
+    from iris.config import IrisConfig, TextConfig
+
+    config = IrisConfig(name="compile-test", resolution=64, generator=tiny_config(latent_channels=16, text_dim=32),
+                        text=TextConfig(kind="tiny", dim=32, heads=2, layers=1, max_length=16))
+    pipe = IrisPipeline.from_config(config)
+    perturb(pipe.generator, std=0.02, seed=0)
+    eager = pixels(pipe.generate("a cat", steps=2, iterations=3, guidance=2.0, seed=5).images[0])
+    pipe.compile()
+    lrus = [m for m in pipe.generator.modules() if hasattr(m, "method") and hasattr(m, "chunk")]
+    assert lrus and all(m.method == "blocked" for m in lrus)
+    compiled = pipe.generate("a cat", steps=2, iterations=3, guidance=2.0, seed=5).images[0]
+    assert np.abs(pixels(compiled).astype(int) - eager.astype(int)).max() <= 1
