@@ -163,3 +163,38 @@ def test_clip_hub_weights_offline_error_names_the_hub_id(offline_hub, hub_id):
     assert "offline" in message.lower() or "HF_HUB_OFFLINE" in message
     assert isinstance(info.value, ModelLoadError)
     assert "\n" not in message
+
+
+def test_half_stored_block_recovers_from_errors_and_serves_threads():
+    import threading
+
+    from torch import nn
+
+    from iris.models.text import store_half_compute_float
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+    ref = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+    ref.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.half().float())
+    store_half_compute_float(block)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(block(x), ref(x))
+    with pytest.raises(RuntimeError):
+        block(torch.randn(3, 5))  # a failing call puts the fp16 weights back and frees the block
+    assert {p.dtype for p in block.parameters()} == {torch.float16}
+    failures = []
+
+    def work():
+        for _ in range(100):
+            if not torch.allclose(block(x), ref(x), atol=1e-6):
+                failures.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures and {p.dtype for p in block.parameters()} == {torch.float16}

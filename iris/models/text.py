@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import torch
@@ -55,27 +56,33 @@ class TextEncoder(nn.Module):
 def store_half_compute_float(block: nn.Module) -> None:
     """Keep `block`'s floating parameters in fp16 between calls and run it in fp32.
 
-    A forward pre-hook swaps in fp32 copies (and casts floating inputs to fp32); a forward hook puts the fp16
-    tensors back. Memory: half the weights, plus one block in fp32 while it runs.
+    A forward pre-hook swaps in fp32 copies (and casts floating inputs to fp32); a forward hook, called even
+    when the forward raises, puts the fp16 tensors back. A lock held from one hook to the other keeps threads
+    sharing the block from seeing each other's swap. Memory: half the weights, plus one block in fp32 while
+    it runs.
     """
     params = [p for p in block.parameters() if p.is_floating_point()]
     for p in params:
         p.data = p.data.half()
+    lock = threading.Lock()
+    stored: list[torch.Tensor] = []
 
     def upcast(module: nn.Module, args: tuple) -> tuple:
-        module._half_weights = [p.data for p in params]
+        lock.acquire()
+        stored[:] = [p.data for p in params]
         for p in params:
             p.data = p.data.float()
         return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
     def restore(module: nn.Module, args: tuple, out):
-        for p, half in zip(params, module._half_weights):
+        for p, half in zip(params, stored):
             p.data = half
-        module._half_weights = []
+        stored.clear()
+        lock.release()
         return out
 
     block.register_forward_pre_hook(upcast)
-    block.register_forward_hook(restore)
+    block.register_forward_hook(restore, always_call=True)
 
 
 class TinyTextEncoder(TextEncoder):
