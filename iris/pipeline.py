@@ -211,8 +211,10 @@ class IrisPipeline:
         """Compile the core iteration with `torch.compile` (opt-in; 1.25x per NFE for nano at 128 px on a 2-core
         CPU after ~20 s of compiling, once per resolution and batch size). Switches the scan to its static
         "blocked" form, which has no data-dependent shapes."""
+        from .models.grfm import RGLRU
+
         for module in self.generator.modules():
-            if hasattr(module, "method") and hasattr(module, "chunk"):  # the RG-LRU scans
+            if isinstance(module, RGLRU):
                 module.method = "blocked"
         eager = type(self.generator).iterate.__get__(self.generator)
         self.generator.iterate = torch.compile(eager, dynamic=False)
