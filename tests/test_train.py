@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +234,41 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model, image_folder, tmp_path
     part2 = second.train()
     assert [h["loss"] for h in straight] == [h["loss"] for h in part1 + part2]
 
+
+
+def _ignore_sigint() -> None:
+    """What a shell does to a job started with `&` from a script."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_stops(sig, tiny_model, image_folder, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "iris.train.cli", "text", "--model", str(tiny_model), "--out", str(out),
+           "--steps", "100000", "--set", f'data.path="{image_folder}"', "--set", 'data.source="folder"',
+           "--set", "data.size=32", "--set", "batch_size=2", "--set", "log_every=1", "--set", "save_every=0",
+           "--set", "sample_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_sigint)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert len(ckpts) == 1 and int(ckpts[0].name.split("_")[1]) >= 2
+    resumed = Trainer(run_cfg(tiny_model, out, "text", DataConfig(source="folder", path=str(image_folder), size=32),
+                              batch_size=2, steps=100000))
+    assert resumed.step == int(ckpts[0].name.split("_")[1])
+    assert not (out / "export").exists()  # a stopped run is not exported
 
 # ------------------------------------------------------------------------------------------------------ DDP
 

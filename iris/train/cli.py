@@ -8,9 +8,24 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .config import STAGES, TrainConfig
+
+
+def stop_on_signals(trainer) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (`kill`) finish the current step, save a checkpoint and stop; a second
+    signal stops at once. Installed explicitly, because a job started with `&` from a script ignores SIGINT."""
+
+    def handler(signum: int, frame) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,15 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     except (IrisError, OSError, ValueError) as err:
         print(f"iris-train: {err}", file=sys.stderr)
         return 2
+    stop_on_signals(trainer)
     try:
         trainer.train()
+        if trainer.stop_requested:
+            trainer.save_checkpoint()
+            print(f"stopped at step {trainer.step}, checkpoint saved: run the same command to resume",
+                  file=sys.stderr)
+            return 130
         trainer.barrier()
         path = trainer.export(args.export)
         if trainer.rank == 0:
             print(f"exported {cfg.stage} model to {path}")
     except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        print("\ninterrupted: checkpoint saved; run the same command to resume", file=sys.stderr)
+        print("\nstopped without saving: the command resumes from the last checkpoint", file=sys.stderr)
         return 130
     finally:
         trainer.close()

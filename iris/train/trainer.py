@@ -64,6 +64,7 @@ def build_vocab(captions: list[str], extra: list[str] = ()) -> list[int]:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.stop_requested = False  # set (e.g. by a signal handler) to stop after the current step
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = self._device()
         if self.world > 1 and not dist.is_initialized():
@@ -239,7 +240,7 @@ class Trainer:
                 "lr": self.lr_at(self.step - 1), **logs}
 
     def train(self, steps: int | None = None) -> list[dict[str, float]]:
-        """Run until cfg.steps (or `steps` more); returns this call's logs."""
+        """Run until cfg.steps (or `steps` more), or until `stop_requested` is set; returns this call's logs."""
         from tqdm import tqdm
 
         end = self.cfg.steps if steps is None else min(self.cfg.steps, self.step + steps)
@@ -267,6 +268,8 @@ class Trainer:
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save_checkpoint()
                 self.barrier()
+            if self.stop_requested:
+                break
         bar.close()
         return history
 
