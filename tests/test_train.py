@@ -192,6 +192,21 @@ def test_stage_loss_falls(stage, tiny_model, image_folder, tmp_path):
         assert pipe.config.generator.num_classes == 4
 
 
+def test_decoder_refinement_keeps_the_latent_space(base_model, image_folder, tmp_path):
+    """train_encoder=false: encoder weights and the latent normalisation (what the generator was trained on)
+    come out unchanged, the decoder and the preview decoder change."""
+    start = IrisPipeline.from_pretrained(base_model)
+    data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
+    trainer = Trainer(run_cfg(base_model, tmp_path / "dec", "vae", data, steps=8, train_encoder=False))
+    trainer.train()
+    out = IrisPipeline.from_pretrained(trainer.export())
+    assert (out.config.vae.scale, out.config.vae.shift) == (start.config.vae.scale, start.config.vae.shift)
+    before, after = start.vae.encoder.state_dict(), out.vae.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    dec_before, dec_after = start.vae.decoder.state_dict(), out.vae.decoder.state_dict()
+    assert any(not torch.equal(dec_before[k], dec_after[k]) for k in dec_before)
+
+
 def test_distill_stage_runs_and_sets_sampler(base_model, image_folder, tmp_path):
     data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
     trainer = Trainer(run_cfg(base_model, tmp_path / "d", "distill", data, steps=24, distill_intervals=4))

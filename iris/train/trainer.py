@@ -312,19 +312,19 @@ class Trainer:
 
     @torch.no_grad()
     def finalize_vae(self, batches: int = 8) -> None:
-        """After VAE training: latent shift/scale from data statistics, and the preview decoder fit."""
+        """After VAE training: latent shift/scale from data statistics (unless the encoder stayed frozen, so
+        the latent space and its normalisation are the ones the generator knows), and the preview decoder fit."""
         vae = self.pipe.vae
-        vae.config.scale, vae.config.shift = 1.0, 0.0
-        lat, imgs = [], []
-        for i in range(batches):
-            x = self.data.batch(10_000 + i)["image"].to(self.device)
-            lat.append(vae.encode(x))
-            imgs.append(x)
-        z = torch.cat(lat)
-        mean, std = float(z.mean()), float(z.std())
-        vae.config.shift, vae.config.scale = mean, 1.0 / max(std, 1e-6)
-        self.pipe.config.vae = vae.config
-        scaled = (z - mean) / std
+        imgs = [self.data.batch(10_000 + i)["image"].to(self.device) for i in range(batches)]
+        if self.cfg.train_encoder:
+            vae.config.scale, vae.config.shift = 1.0, 0.0
+            raw = torch.cat([vae.encode(x) for x in imgs])
+            mean, std = float(raw.mean()), float(raw.std())
+            vae.config.shift, vae.config.scale = mean, 1.0 / max(std, 1e-6)
+            self.pipe.config.vae = vae.config
+            scaled = (raw - mean) * vae.config.scale
+        else:
+            scaled = torch.cat([vae.encode(x) for x in imgs])
         self.pipe.previewer.fit(scaled, torch.cat(imgs))
 
     def export(self, folder: str | Path | None = None) -> Path:
