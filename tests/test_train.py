@@ -250,7 +250,6 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model, image_folder, tmp_path
     assert [h["loss"] for h in straight] == [h["loss"] for h in part1 + part2]
 
 
-
 def _ignore_sigint() -> None:
     """What a shell does to a job started with `&` from a script."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
