@@ -108,7 +108,8 @@ def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
         with safe_open(str(path), framework="pt") as f:
             own = module.state_dict()
             keys = list(f.keys())
-            missing = [k for k in own if k not in keys]
+            present = set(keys)
+            missing = [k for k in own if k not in present]
             unexpected = [k for k in keys if k not in own]
             if strict and (missing or unexpected):
                 detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"

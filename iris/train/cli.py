@@ -14,9 +14,10 @@ import sys
 from .config import STAGES, TrainConfig
 
 
-def stop_on_signals(trainer) -> None:
+def stop_on_signals(trainer) -> dict:
     """SIGINT (Ctrl-C) and SIGTERM (`kill`) finish the current step, save a checkpoint and stop; a second
-    signal stops at once. Installed explicitly, because a job started with `&` from a script ignores SIGINT."""
+    signal stops at once. Installed explicitly, because a job started with `&` from a script ignores SIGINT.
+    Returns the previous handlers, for `signal.signal` to put back."""
 
     def handler(signum: int, frame) -> None:
         if trainer.stop_requested:
@@ -24,8 +25,7 @@ def stop_on_signals(trainer) -> None:
         trainer.stop_requested = True
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IrisError, OSError, ValueError) as err:
         print(f"iris-train: {err}", file=sys.stderr)
         return 2
-    stop_on_signals(trainer)
+    previous_handlers = stop_on_signals(trainer)
     try:
         trainer.train()
         if trainer.stop_requested:
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         trainer.close()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 
