@@ -159,6 +159,17 @@ def test_buckets_and_stream_determinism(image_folder):
     assert s0.indices(5) == BatchStream(ds, 2, seed=1, rank=0, world=2).indices(5)
 
 
+def test_worker_stream_draws_the_same_batches(image_folder):
+    """Batches drawn ahead by worker processes are exactly the batches of those steps, in order."""
+    ds = build_dataset(DataConfig(source="folder", path=str(image_folder), size=16, random_flip=True))
+    stream = BatchStream(ds, 3, seed=2)
+    ahead = stream.stream(5, workers=2)
+    for step in range(5, 9):
+        got, want = next(ahead), stream.batch(step)
+        assert got["caption"] == want["caption"]
+        assert torch.equal(got["image"], want["image"])
+
+
 # --------------------------------------------------------------------------------------------------- stages
 
 
@@ -248,6 +259,42 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model, image_folder, tmp_path
     assert second.step == 3
     part2 = second.train()
     assert [h["loss"] for h in straight] == [h["loss"] for h in part1 + part2]
+
+
+def test_training_with_data_workers_matches_the_plain_run(tiny_model, image_folder, tmp_path):
+    data = DataConfig(source="folder", path=str(image_folder), size=32)
+    plain = Trainer(run_cfg(tiny_model, tmp_path / "a", "text", data, steps=5)).train()
+    data_w = DataConfig(source="folder", path=str(image_folder), size=32, workers=2)
+    trainer = Trainer(run_cfg(tiny_model, tmp_path / "b", "text", data_w, steps=5))
+    ahead = trainer.train(steps=2) + trainer.train()  # a second call picks the stream up at its step
+    assert [h["loss"] for h in plain] == [h["loss"] for h in ahead]
+
+
+def test_time_limit_stops_saves_and_exports_with_the_decay_done(tiny_model, image_folder, tmp_path):
+    """time_limit ends a run with a huge step count on the clock: checkpoint, export, and a cosine decay that
+    was planned to end there (the learning rate is near its floor at the last step)."""
+    from iris.train.cli import main
+
+    out = tmp_path / "run"
+    args = ["text", "--model", str(tiny_model), "--out", str(out), "--steps", "1000000",
+            "--set", f'data.path="{image_folder}"', "--set", 'data.source="folder"', "--set", "data.size=32",
+            "--set", "batch_size=2", "--set", "log_every=1", "--set", "save_every=0", "--set", "sample_every=0",
+            "--set", "time_limit=0.04", "--set", "optim.decay=cosine", "--set", "optim.warmup_steps=1",
+            "--set", "optim.lr=1e-3"]
+    assert main(args) == 0
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 5 <= len(logs) < 1000000
+    assert logs[-1]["lr"] < 0.5e-3 < max(h["lr"] for h in logs), [round(h["lr"], 6) for h in logs[-5:]]
+    assert (out / "checkpoints" / f"step_{logs[-1]['step']:08d}" / "state.json").is_file()
+    assert IrisPipeline.from_pretrained(out / "export").generate("a square", steps=1, iterations=1).images
+
+
+def test_precision_setting(tiny_model, image_folder, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig.from_toml("", ["precision=\"fp8\""])
+    data = DataConfig(source="folder", path=str(image_folder), size=32)
+    history = Trainer(run_cfg(tiny_model, tmp_path / "bf16", "text", data, steps=2, precision="bf16")).train()
+    assert all(np.isfinite(h["loss"]) for h in history)
 
 
 def _ignore_sigint() -> None:

@@ -2,6 +2,7 @@
 
     iris-train vae  --config configs/demo/vae.toml
     iris-train text --config configs/demo/text.toml --set steps=20000 --set batch_size=32
+    iris-train text --config configs/demo/text.toml --set time_limit=60 --set data.workers=8   # an hour's run
     torchrun --nproc_per_node 8 -m iris.train.cli text --config configs/small/text.toml   # many GPUs
 """
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped at step {trainer.step}, checkpoint saved: run the same command to resume",
                   file=sys.stderr)
             return 130
+        if trainer.step < cfg.steps:  # stopped by the time limit: keep a checkpoint to go on from
+            trainer.save_checkpoint()
+            print(f"time limit reached at step {trainer.step}", file=sys.stderr)
         trainer.barrier()
         path = trainer.export(args.export)
         if trainer.rank == 0:

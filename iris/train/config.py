@@ -27,7 +27,7 @@ class DataConfig:
     random_crop: bool = True
     buckets: bool = False  # aspect-ratio buckets (batches share one shape)
     min_score: float | None = None  # aesthetic stage: drop samples scored lower
-    workers: int = 0
+    workers: int = 0  # processes that draw batches ahead of the training step (0: in the training process)
     emoji_seed: int = 0
 
 
@@ -53,6 +53,8 @@ class TrainConfig:
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    time_limit: float = 0.0  # minutes; > 0 stops (and exports) then, with a cosine decay planned to end there
     log_every: int = 10
     save_every: int = 200
     sample_every: int = 500
@@ -127,4 +129,6 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     cfg = cls(**kwargs)
     if isinstance(cfg, TrainConfig) and cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; expected one of {', '.join(STAGES)}")
+    if isinstance(cfg, TrainConfig) and cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {cfg.precision!r}; expected auto, bf16 or fp32")
     return cfg

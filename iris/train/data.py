@@ -7,7 +7,7 @@
 - `EmojiData`: the procedural emoji-scene generator (infinite, seeded)
 
 Batches are drawn by `BatchStream`, a deterministic function of (seed, rank, step): resuming at step
-n draws exactly the batches an uninterrupted run would have drawn.
+n draws exactly the batches an uninterrupted run would have drawn, with or without worker processes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,3 +246,30 @@ class BatchStream:
         if all("alpha" in s for s in samples):
             batch["alpha"] = torch.stack([s["alpha"] for s in samples])
         return batch
+
+    def stream(self, start: int, workers: int = 0) -> Iterator[dict[str, Any]]:
+        """The batches of steps start, start + 1, ... in order; with workers > 0 they are drawn ahead in that
+        many processes (the same batches: each is still a function of its step alone)."""
+        if workers <= 0:
+            step = start
+            while True:
+                yield self.batch(step)
+                step += 1
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(self, start), batch_size=None, num_workers=workers, prefetch_factor=4,
+            pin_memory=torch.cuda.is_available(),
+        )
+        yield from loader
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i = the batch of step start + i (a map-style view of a BatchStream for DataLoader workers)."""
+
+    def __init__(self, stream: BatchStream, start: int):
+        self.source, self.start = stream, start
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.source.batch(self.start + i)

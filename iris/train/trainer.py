@@ -15,7 +15,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -72,6 +74,9 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.data = BatchStream(build_dataset(cfg.data), cfg.batch_size, cfg.seed, self.rank, self.world)
+        self._batches: Iterator[dict[str, Any]] | None = None  # the stream train_step draws from
+        self._batches_step = -1  # the step of the stream's next batch
+        self.schedule_steps = cfg.steps  # where the cosine decay ends (moved to the time limit, if one is set)
         latest = self.latest_checkpoint()
         self.step = 0
         if latest is not None:
@@ -111,6 +116,8 @@ class Trainer:
         if want == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local)
+            torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (FFTs, scans, losses)
+            torch.backends.cudnn.allow_tf32 = True
             return torch.device("cuda", local)
         return torch.device(want)
 
@@ -195,7 +202,7 @@ class Trainer:
         if step < o.warmup_steps:
             return o.lr * (step + 1) / o.warmup_steps
         if o.decay == "cosine":
-            progress = (step - o.warmup_steps) / max(1, self.cfg.steps - o.warmup_steps)
+            progress = (step - o.warmup_steps) / max(1, self.schedule_steps - o.warmup_steps)
             return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         return o.lr
 
@@ -219,16 +226,29 @@ class Trainer:
                 for k, p in self.params.items():
                     p.copy_(saved[k])
 
+    def next_batch(self) -> dict[str, Any]:
+        """The batch of the current step, from a stream drawn ahead by `data.workers` processes."""
+        if self._batches is None or self._batches_step != self.step:
+            self._batches = self.data.stream(self.step, self.cfg.data.workers)
+            self._batches_step = self.step
+        self._batches_step += 1
+        return next(self._batches)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        want = self.cfg.precision
+        if want == "auto":
+            want = "bf16" if self.device.type == "cuda" else "fp32"
+        if want == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def train_step(self) -> dict[str, float]:
-        batch = self.data.batch(self.step)
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = self.next_batch()
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         rng = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.rank, self.step))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-        )
-        with autocast:
+        with self.autocast():
             loss, logs = self.model(batch, rng)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -240,10 +260,13 @@ class Trainer:
                 "lr": self.lr_at(self.step - 1), **logs}
 
     def train(self, steps: int | None = None) -> list[dict[str, float]]:
-        """Run until cfg.steps (or `steps` more), or until `stop_requested` is set; returns this call's logs."""
+        """Run until cfg.steps (or `steps` more), cfg.time_limit minutes, or until `stop_requested` is set;
+        returns this call's logs."""
         from tqdm import tqdm
 
         end = self.cfg.steps if steps is None else min(self.cfg.steps, self.step + steps)
+        started, first_step = time.perf_counter(), self.step
+        deadline = started + 60 * self.cfg.time_limit if self.cfg.time_limit > 0 else None
         history: list[dict[str, float]] = []
         log_path = self.out / "metrics.jsonl"
         if self.rank == 0:
@@ -259,6 +282,8 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or self.step == end:
                     now = time.perf_counter()
                     logs["samples_per_s"] = n_last * self.cfg.batch_size * self.world / (now - t_last)
+                    if self.device.type == "cuda":
+                        logs["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     t_last, n_last = now, 0
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.1f}")
                     with log_path.open("a") as f:
@@ -270,7 +295,14 @@ class Trainer:
                 self.barrier()
             if self.stop_requested:
                 break
+            if deadline is not None:
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+                rate = (self.step - first_step) / (now - started)  # steps per second so far
+                self.schedule_steps = min(self.cfg.steps, self.step + int(rate * (deadline - now)))
         bar.close()
+        self._batches = None  # let the workers go
         return history
 
     def barrier(self) -> None:
