@@ -396,13 +396,16 @@ def _upscale_2x(pipe: IrisPipeline, low_img: Image.Image, prompt: str, negative_
     f, ds = pipe.latent_factor, pipe.config.vae.downsample
     hp, wp = math.ceil(2 * h / f) * f, math.ceil(2 * w / f) * f
     lo = pil_to_tensor(low_img)
+    up = first_pass_2x(pipe, lo)
+    if strength <= 0.0:  # nothing to refine: the first pass is the result
+        return Image.fromarray(match_low_res(up, low))
+    up = F.pad(up, (0, wp - 2 * w, 0, hp - 2 * h), mode="replicate")  # to the latent grid
     lo = F.pad(lo, (0, wp // 2 - w, 0, hp // 2 - h), mode="replicate")
-    up = F.interpolate(lo, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
     noise = pipe.initial_noise(seed, (1, pipe.config.vae.latent_channels, hp // ds, wp // ds)).cpu()
     adapter = pipe.adapters["upscale"] if "upscale" in pipe.adapters else None
     ys, xs = tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap)
     th, tw = min(hp, tile or hp), min(wp, tile or wp)
-    acc = torch.zeros(1, 3, hp, wp)
+    acc = torch.zeros(1, 3, hp, wp)  # the refinement's change to the first pass, blended over tiles
     weight = torch.zeros(1, 1, hp, wp)
     dev = pipe.device
     for y in ys:
@@ -420,18 +423,44 @@ def _upscale_2x(pipe: IrisPipeline, low_img: Image.Image, prompt: str, negative_
                        residual=residual, on_preview=progress.for_next_run(),
                        preview_fraction=preview_fraction, timings=run_timings)
             _add_timings(timings, run_timings)
-            with torch.inference_mode():
-                decoded = pipe.vae.decode(z).float().cpu()
+            with torch.inference_mode():  # decoded refinement minus decoded start: the VAE's own loss cancels
+                change = (pipe.vae.decode(z) - pipe.vae.decode(z_clean)).float().cpu()
             if len(ys) * len(xs) == 1:
-                acc, weight = decoded, torch.ones(1, 1, hp, wp)
+                acc, weight = change, torch.ones(1, 1, hp, wp)
                 break
             wy = _ramp(th, overlap if y > 0 else 0, overlap if y + th < hp else 0)
             wx = _ramp(tw, overlap if x > 0 else 0, overlap if x + tw < wp else 0)
             wt = (wy[:, None] * wx[None, :])[None, None]
-            acc[..., y : y + th, x : x + tw] += decoded * wt
+            acc[..., y : y + th, x : x + tw] += change * wt
             weight[..., y : y + th, x : x + tw] += wt
-    blended = (acc / weight)[..., : 2 * h, : 2 * w]
+    blended = (up + acc / weight).clamp(-1, 1)[..., : 2 * h, : 2 * w]
     return Image.fromarray(match_low_res(blended, low))
+
+
+def first_pass_2x(pipe: IrisPipeline, low: torch.Tensor, tile: int = 256) -> torch.Tensor:
+    """The start of a 2x upscale: the model's learned pixel upscaler (bicubic where it has none).
+
+    low [1, 3, h, w] in [-1, 1] -> [1, 3, 2h, 2w] in [-1, 1], on the CPU. The upscaler runs in tiles of
+    `tile` low-res pixels with an 8-pixel margin (more than its receptive field), so memory stays bounded
+    and the result equals one whole-image pass.
+    """
+    if "pixel_upscale" not in pipe.adapters:
+        return F.interpolate(low, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)
+    net, dev = pipe.adapters["pixel_upscale"], pipe.device
+    dtype = next(net.parameters()).dtype
+    h, w = low.shape[-2:]
+    out = torch.empty(1, 3, 2 * h, 2 * w)
+    m = 8
+    with torch.inference_mode():
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                y0, x0 = max(0, y - m), max(0, x - m)
+                part = low[..., y0 : min(h, y + tile + m), x0 : min(w, x + tile + m)].to(dev, dtype)
+                up = net(part).float().cpu()
+                th, tw = min(tile, h - y), min(tile, w - x)
+                out[..., 2 * y : 2 * (y + th), 2 * x : 2 * (x + tw)] = \
+                    up[..., 2 * (y - y0) : 2 * (y - y0 + th), 2 * (x - x0) : 2 * (x - x0 + tw)]
+    return out.clamp(-1, 1)
 
 
 def upscale(
@@ -454,10 +483,12 @@ def upscale(
 ) -> IrisResult:
     """Wavelet super-resolution, 2x or 4x (= 2x twice); output exactly `scale` x the input's size.
 
-    Each 2x pass encodes the bicubic upsample (padded to the grid), refines it with SDEdit at `strength`
-    (with the model's `upscale` adapter when it has one), then replaces the LL band of the result's Haar
-    DWT with the input (see `match_low_res`): a 2x2 (4x4 for scale 4) box downscale of the output gives
-    back the input exactly. Outputs larger than `tile` px (0 or None: never) are refined in tiles of
+    Each 2x pass starts from the model's learned pixel upscaler (bicubic where it has none), refines that
+    with SDEdit at `strength` (with the model's `upscale` adapter when it has one) and adds the refinement's
+    change, decoded result minus decoded start, so the VAE's own reconstruction loss cancels (strength 0:
+    the first pass alone, no generator). It then replaces the LL band of the result's Haar DWT with the
+    input (see `match_low_res`): a 2x2 (4x4 for scale 4) box downscale of the output gives back the input
+    exactly. Outputs larger than `tile` px (0 or None: never) are refined in tiles of
     `tile` px overlapping by tile/8 (at least one grid cell), linearly blended; the LL replacement runs
     on the whole blended output, so the exactness holds for any tiling. Outputs are limited to 4096x4096
     pixels' worth (16.7 M pixels).
@@ -489,7 +520,7 @@ def upscale(
     timings["total_s"] = time.perf_counter() - t_start
     params = pipe.base_params("upscale", prompt, negative_prompt, budget, seed, out.width, out.height)
     params.update(scale=scale, strength=strength, tile=tile, overlap=overlap, tiles=runs,
-                  upscale_adapter="upscale" in pipe.adapters)
+                  upscale_adapter="upscale" in pipe.adapters, pixel_upscaler="pixel_upscale" in pipe.adapters)
     return IrisResult([out], params, None, timings)
 
 

@@ -208,7 +208,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 with gr.Row():
                     controls["scale"] = gr.Radio([2, 4], value=2, label="Scale", scale=1)
                     controls["strength"] = gr.Slider(
-                        0.0, 1.0, value=settings.upscale_strength, step=0.05, label="Strength", scale=2
+                        0.0, 1.0, value=settings.upscale_strength, step=0.05,
+                        label="Generated detail (0: the upscaler alone)", scale=2,
                     )
                 controls["tile"] = gr.Slider(128, 1024, value=512, step=64, label="Tile size")
             elif task == "control":

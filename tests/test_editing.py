@@ -255,6 +255,40 @@ def test_upscale_tiny_and_strength_zero(nano_pipe):
     assert np.array_equal(arr(result.image.reduce(4)), arr(one))
 
 
+def test_upscale_strength_zero_is_the_first_pass_alone(nano_pipe):
+    """Strength 0 skips the VAE: bicubic (with the input's LL band) without an upscaler, the upscaler's output
+    with one."""
+    low = photo(24, 20, seed=3)
+    bicubic = torch.nn.functional.interpolate(pil_to_tensor(low), scale_factor=2, mode="bicubic").clamp(-1, 1)
+    plain = nano_pipe.upscale(low, 2, strength=0.0, **FAST)
+    assert np.array_equal(arr(plain.image), arr(Image.fromarray(editing.match_low_res(bicubic, np.asarray(low)))))
+    net = perturb(build_adapter("pixel_upscale", nano_pipe.config), 0.05, 4)
+    pipe = with_adapters(nano_pipe, pixel_upscale=net)
+    result = pipe.upscale(low, 2, strength=0.0, **FAST)
+    with torch.no_grad():
+        want = editing.match_low_res(net(pil_to_tensor(low)).clamp(-1, 1), np.asarray(low))
+    assert result.params["pixel_upscaler"] is True and plain.params["pixel_upscaler"] is False
+    assert np.array_equal(arr(result.image), want.astype(np.int32))
+    assert not np.array_equal(arr(result.image), arr(plain.image))
+    refined = pipe.upscale(low, 2, strength=0.5, **FAST)  # refinement on top keeps the exact box downscale
+    assert not np.array_equal(arr(refined.image), arr(result.image))
+    assert np.array_equal(box_sums(refined.image, 2), arr(low) * 4)
+
+
+def test_untrained_pixel_upscaler_is_bicubic_and_tiles_are_seamless(nano_pipe):
+    net = build_adapter("pixel_upscale", nano_pipe.config)
+    low = pil_to_tensor(photo(40, 30, seed=5))
+    with torch.no_grad():
+        assert torch.equal(net(low), torch.nn.functional.interpolate(low, scale_factor=2, mode="bicubic"))
+    net = perturb(net, 0.05, 6)
+    pipe = with_adapters(nano_pipe, pixel_upscale=net)
+    with torch.no_grad():
+        whole = net(low).clamp(-1, 1)
+    tiled = editing.first_pass_2x(pipe, low, tile=16)  # 3 x 2 tiles with margins
+    assert tiled.shape == (1, 3, 60, 80)
+    assert torch.allclose(tiled, whole, atol=1e-5)
+
+
 def test_upscale_progress_spans_all_tiles(nano_pipe):
     events = []
     nano_pipe.upscale(photo(40, 40), 2, strength=0.5, tile=48, on_preview=events.append, preview_fraction=0.0,

@@ -10,6 +10,8 @@ wait
 iris-train inpaint --config configs/demo/inpaint.toml               # adapters, base frozen
 iris-train control --config configs/demo/control.toml
 iris-train upscale --config configs/demo/upscale.toml
+iris-train pixel_upscale --config configs/demo/pixel_upscale.toml   # the learned 2x pixel upscaler
 python -m iris.train.assemble --base runs/demo/text/export --vae runs/demo/vae_decoder/export \
-    --adapters runs/demo/inpaint/export runs/demo/control_canny/export runs/demo/upscale/export \
+    --adapters runs/demo/pixel_upscale/export runs/demo/inpaint/export runs/demo/control_canny/export \
+    runs/demo/upscale/export \
     --out assets/models/iris-nano-emoji

@@ -6,6 +6,9 @@ zero-initialised projection: an untrained adapter changes nothing.
 - `control_<kind>`: control image [B, 3, H, W] -> DWT -> strided convs -> D   (canny, scribble, color, depth, pose)
 - `inpaint`: known latent and mask [B, C + 1, h, w] -> convs -> D
 - `upscale`: low-resolution image [B, 3, H/2, W/2] (the LL band of the target) -> DWT -> convs -> D
+
+Stored beside them, though it conditions nothing: `pixel_upscale`, the learned 2x upscaler in pixel space
+that `upscale` starts from (see `upscaler.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import IrisConfig
+from .upscaler import PixelUpscaler
 from .wavelet import dwt
 
 CONTROL_KINDS = ("canny", "scribble", "color", "depth", "pose")
@@ -62,16 +66,18 @@ class InpaintAdapter(nn.Module):
 
 
 def build_adapter(name: str, config: IrisConfig) -> nn.Module:
-    """A fresh adapter by name: 'inpaint', 'upscale' or 'control_<kind>'."""
+    """A fresh adapter by name: 'inpaint', 'upscale', 'pixel_upscale' or 'control_<kind>'."""
     d = config.generator.dim
     factor = config.vae.downsample * config.generator.patch_size
     if name == "inpaint":
         return InpaintAdapter(config.vae.latent_channels, d, config.generator.patch_size)
     if name == "upscale":
         return ImageAdapter(d, factor // 2)
+    if name == "pixel_upscale":
+        return PixelUpscaler()
     if name.startswith("control_") and name.removeprefix("control_"):
         return ImageAdapter(d, factor)
-    raise ValueError(f"unknown adapter {name!r}; expected inpaint, upscale or control_<kind>")
+    raise ValueError(f"unknown adapter {name!r}; expected inpaint, upscale, pixel_upscale or control_<kind>")
 
 
 def resize_to_grid(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -8,6 +8,8 @@
 
 Batches are drawn by `BatchStream`, a deterministic function of (seed, rank, step): resuming at step
 n draws exactly the batches an uninterrupted run would have drawn, with or without worker processes.
+Procedural sources start their scene index at a point set by the seed, so a run continued from a model
+folder (a new run, step 0) with another seed trains on scenes it has not seen.
 """
 
 from __future__ import annotations
@@ -223,8 +225,9 @@ class BatchStream:
     def indices(self, step: int) -> list[int]:
         start = (step * self.world + self.rank) * self.batch_size
         positions = range(start, start + self.batch_size)
-        if self.n >= 10**6:  # procedural sources: a fresh index per sample, never repeating
-            return [p % self.n for p in positions]
+        if self.n >= 10**6:  # procedural sources: a fresh index per sample, from a point on the ring set by the seed
+            offset = self.seed * 2_654_435_761 % self.n
+            return [(offset + p) % self.n for p in positions]
         out = []
         for p in positions:
             epoch, offset = divmod(p, self.n)

@@ -312,7 +312,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ outputs
     @torch.no_grad()
     def save_samples(self) -> Path | None:
-        """A PNG grid: reconstructions (VAE) or generations with EMA weights (other stages)."""
+        """A PNG grid: reconstructions (VAE), upscales (pixel upscaler) or generations with EMA weights (others)."""
         from PIL import Image
 
         from ..inputs import tensor_to_pil
@@ -324,6 +324,9 @@ class Trainer:
             if self.cfg.stage == "vae":
                 recon = self.pipe.vae.decode(self.pipe.vae.encode(images))
                 tiles = tensor_to_pil(torch.cat([images, recon]))
+            elif self.cfg.stage == "pixel_upscale":  # rows: originals, then their box downscales upscaled
+                up = self.pipe.adapters["pixel_upscale"](torch.nn.functional.avg_pool2d(images, 2))
+                tiles = tensor_to_pil(torch.cat([images, up.clamp(-1, 1)]))
             else:
                 tiles = []
                 for caption in batch["caption"][:8]:
