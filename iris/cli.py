@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--scale", type=int, default=2, choices=[2, 4])
     p.add_argument("--prompt", default="")
-    p.add_argument("--strength", type=float, default=0.4)
+    p.add_argument("--strength", type=float, default=0.2,
+                   help="detail the generator adds on top of the learned upscaler (0: the upscaler alone, fastest)")
     p.add_argument("--tile", type=int, default=512)
     _budget_args(p)
     p.set_defaults(func=cmd_upscale)

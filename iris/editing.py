@@ -2,7 +2,7 @@
 
     pipe.edit(image, "a cat face", strength=0.6)
     pipe.inpaint(image, mask, "a rocket", mask_blur=4, masked_only=True, padding=32)
-    pipe.upscale(image, scale=4, prompt="", strength=0.4, tile=512)
+    pipe.upscale(image, scale=4, prompt="", strength=0.2, tile=512)
     pipe.control(edges, "a sun", kind="canny", weight=1.0, start=0.0, end=1.0)
 
 Every task takes the budget arguments of `generate` (steps, iterations, guidance, seed, sampler, shift,
@@ -469,7 +469,7 @@ def upscale(
     scale: int = 2,
     prompt: str = "",
     negative_prompt: str = "",
-    strength: float = 0.4,
+    strength: float = 0.2,
     tile: int | None = 512,
     steps: int | None = None,
     iterations: int | None = None,

@@ -40,7 +40,7 @@ class Settings:
     preview_cost: float = 0.25  # 0 means: render a preview after every core iteration, whatever it costs
     # task extras
     edit_strength: float = 0.6
-    upscale_strength: float = 0.4
+    upscale_strength: float = 0.2
     mask_blur: int = 4
     padding: int = 32
 

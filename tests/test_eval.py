@@ -245,3 +245,25 @@ def test_demo_model_beats_untrained_on_the_evaluator():
     assert got["color_acc"] >= base["color_acc"] + 0.3, (got, base)
     assert got["frechet"] < base["frechet"], (got, base)
     assert got["emoji_acc"] >= base["emoji_acc"], (got, base)
+
+
+@needs_font
+@pytest.mark.skipif(not (demo_model_path() / "config.json").is_file(),
+                    reason=f"no bundled demo model at {demo_model_path()}")
+def test_demo_model_upscaler_beats_bicubic_on_heldout_scenes():
+    """The bundled model's learned upscaler (strength 0) against bicubic on held-out scenes, 64 -> 128 px."""
+    from PIL import Image
+
+    from iris import IrisPipeline
+    from iris.train.emoji import EmojiScenes, SceneConfig
+
+    demo = IrisPipeline.from_pretrained()
+    assert "pixel_upscale" in demo.adapters
+    scenes = EmojiScenes(SceneConfig(), "heldout")
+    gains = []
+    for i in range(6):
+        hi = scenes.sample(i).image.convert("RGB")
+        lo = hi.resize((64, 64), Image.Resampling.BOX)
+        learned = ev.psnr(demo.upscale(lo, 2, strength=0.0).image, hi)
+        gains.append(learned - ev.psnr(lo.resize((128, 128), Image.Resampling.BICUBIC), hi))
+    assert float(np.mean(gains)) > 2.0, gains

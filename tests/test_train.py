@@ -421,3 +421,14 @@ def test_pixel_upscale_stage_learns_to_beat_bicubic(tiny_model, tmp_path):
     bicubic = torch.nn.functional.interpolate(low, scale_factor=2, mode="bicubic").clamp(-1, 1)
     mse = lambda y: float(torch.nn.functional.mse_loss(y, x))
     assert mse(learned) < 0.98 * mse(bicubic), (mse(learned), mse(bicubic))
+
+
+def test_random_blur_softens_the_chosen_share():
+    from iris.train.stages import random_blur
+
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(random_blur(x, 0.0, torch.Generator().manual_seed(1)), x)
+    y = random_blur(x, 1.0, torch.Generator().manual_seed(1))
+    tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+    assert bool((tv(y) < 0.6 * tv(x)).all())
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)  # a blur keeps the mean

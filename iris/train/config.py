@@ -84,6 +84,9 @@ class TrainConfig:
     distill_guidance: float = 3.0
     # adapters
     control_kind: str = "canny"
+    # pixel upscaler: this share of each batch is Gaussian-blurred first (random width), so that the upscaler
+    # learns to leave soft images soft as well as to sharpen crisp ones
+    blur_fraction: float = 0.0
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

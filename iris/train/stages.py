@@ -319,6 +319,22 @@ class UpscaleStage(AdapterStage):
         return self.adapter(low.to(z0))
 
 
+def random_blur(x: torch.Tensor, fraction: float, rng: torch.Generator, sigmas: tuple[float, float] = (0.6, 3.0)
+                ) -> torch.Tensor:
+    """Gaussian-blur about `fraction` of the images [B, C, H, W], each with its own width in `sigmas` (px)."""
+    pick = torch.rand(x.shape[0], generator=rng) < fraction
+    widths = sigmas[0] + (sigmas[1] - sigmas[0]) * torch.rand(x.shape[0], generator=rng)
+    out = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        r = int(3 * widths[i]) + 1
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / widths[i]) ** 2)
+        k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+        img = F.pad(x[i : i + 1], (r, r, r, r), mode="replicate")
+        img = F.conv2d(F.conv2d(img, k, groups=x.shape[1]), k.transpose(-1, -2), groups=x.shape[1])
+        out[i] = img[0]
+    return out
+
+
 class PixelUpscaleStage(Stage):
     """The pixel upscaler on (2x2 box downscale, original) pairs; the rest of the model is untouched."""
 
@@ -335,6 +351,8 @@ class PixelUpscaleStage(Stage):
 
     def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["image"]
+        if self.cfg.blur_fraction > 0:
+            x = random_blur(x, self.cfg.blur_fraction, rng)
         low = F.avg_pool2d(x, 2)
         out = self.upscaler(low)
         loss = F.mse_loss(out, x)  # what PSNR measures; an L1 loss keeps the zero-initialised residual at zero
