@@ -276,6 +276,13 @@ def random_masks(b: int, h: int, w: int, rng: torch.Generator, alpha: torch.Tens
     return masks
 
 
+def adapter_of(pipe: IrisPipeline, name: str) -> nn.Module:
+    """The pipeline's adapter `name`, built fresh (and added to it) when it has none."""
+    if name not in pipe.adapters:
+        pipe.adapters[name] = build_adapter(name, pipe.config).to(pipe.device)
+    return pipe.adapters[name]
+
+
 class AdapterStage(FlowStage):
     """Trains one adapter with the base model frozen (gradients pass through it to the adapter)."""
 
@@ -283,9 +290,7 @@ class AdapterStage(FlowStage):
 
     def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
         super().__init__(pipe, cfg)
-        if self.name not in pipe.adapters:
-            pipe.adapters[self.name] = build_adapter(self.name, pipe.config).to(pipe.device)
-        self.adapter = pipe.adapters[self.name]
+        self.adapter = adapter_of(pipe, self.name)
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"adapter": self.adapter}
@@ -338,13 +343,9 @@ def random_blur(x: torch.Tensor, fraction: float, rng: torch.Generator, sigmas: 
 class PixelUpscaleStage(Stage):
     """The pixel upscaler on (2x2 box downscale, original) pairs; the rest of the model is untouched."""
 
-    name = "pixel_upscale"
-
     def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
         super().__init__(pipe, cfg)
-        if self.name not in pipe.adapters:
-            pipe.adapters[self.name] = build_adapter(self.name, pipe.config).to(pipe.device)
-        self.upscaler = pipe.adapters[self.name]
+        self.upscaler = adapter_of(pipe, "pixel_upscale")
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"adapter": self.upscaler}
