@@ -135,14 +135,17 @@ def test_tar_shards(tmp_path, image_folder):
     assert ds.load(0, random.Random(0))["image"].shape == (3, 16, 16)
 
 
-def test_emoji_source_is_procedural():
-    pytest.importorskip("iris.train.emoji")
+def emoji_font_or_skip() -> None:
     from iris.train.emoji import find_emoji_font
 
     try:
         find_emoji_font()
     except FileNotFoundError:
         pytest.skip("emoji font not installed (apt-get install fonts-noto-color-emoji)")
+
+
+def test_emoji_source_is_procedural():
+    emoji_font_or_skip()
     ds = build_dataset(DataConfig(source="emoji", size=64))
     a, b = BatchStream(ds, 2, seed=0).batch(0), BatchStream(ds, 2, seed=0).batch(0)
     assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
@@ -173,15 +176,6 @@ def test_worker_stream_draws_the_same_batches(image_folder):
         got, want = next(ahead), stream.batch(step)
         assert got["caption"] == want["caption"]
         assert torch.equal(got["image"], want["image"])
-
-
-def emoji_font_or_skip() -> None:
-    from iris.train.emoji import find_emoji_font
-
-    try:
-        find_emoji_font()
-    except FileNotFoundError:
-        pytest.skip("emoji font not installed (apt-get install fonts-noto-color-emoji)")
 
 
 # --------------------------------------------------------------------------------------------------- stages
