@@ -1,11 +1,13 @@
-"""Evaluate a model (default: the bundled demo) with the independent emoji/colour classifier.
+"""Evaluate a model (default: the bundled demo) with the strict judge (`iris.judge`, shipped weights).
 
-    python benchmarks/eval_demo.py                                   # demo model, 100 prompts, 4 budgets
+    python benchmarks/eval_demo.py                                   # demo model, 60 + 20 prompts x 2 seeds
     python benchmarks/eval_demo.py --model /tmp/nano_rand --prompts 8 --budgets 1x2
     python benchmarks/eval_demo.py --compare-untrained --out results.json
+    python benchmarks/eval_demo.py --legacy-classifier               # also the old 207-way classifier's number
 
-Prints markdown tables (see `iris.eval.format_markdown`) and writes every number as JSON. The classifier
-is loaded from the cache (`iris.eval.default_cache_path()`), or trained once (a few minutes on one core).
+Prints markdown tables (see `iris.eval.format_markdown`) and writes every number as JSON. The judge names
+the emoji among every emoji the font renders (~1,400 classes). `--legacy-classifier` loads the old
+207-way classifier from the user cache (or trains it once, a few minutes on one core).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from iris import IrisPipeline
 from iris.eval import DEFAULT_STEPS, TASKS, evaluate, format_markdown, get_classifier, parse_budgets
+from iris.judge import load_judge
 
 
 def _log(msg: str) -> None:
@@ -40,7 +43,13 @@ def _jsonable(value):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled demo model)")
-    p.add_argument("--prompts", type=int, default=100, help="held-out prompts for the generation metrics")
+    p.add_argument("--prompts", type=int, default=60, help="held-out single-sprite prompts (each in one of five "
+                   "phrasings)")
+    p.add_argument("--pairs", type=int, default=None, help="held-out two-sprite prompts (default prompts // 3)")
+    p.add_argument("--seeds", type=int, default=2, help="images per prompt, each with its own seed")
+    p.add_argument("--judge", default=None, help="judge weights (default: the shipped assets/eval/ file)")
+    p.add_argument("--legacy-classifier", action="store_true",
+                   help="also report the old 207-way classifier's emoji accuracy")
     p.add_argument("--budgets", default="1x4,4x4,4x8,8x16", help="steps x iterations, comma-separated")
     p.add_argument("--task-budget", default=None, help="budget of the upscale/inpaint/control runs, e.g. 4x8 "
                    "(default: the model's sampler defaults)")
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--classifier-steps", type=int, default=DEFAULT_STEPS,
-                   help="training steps of the classifier when it is not cached")
+                   help="training steps of the legacy classifier when it is not cached")
     args = p.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads))
@@ -64,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     tb = parse_budgets(args.task_budget)[0] if args.task_budget else None
     tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
 
-    clf = get_classifier(steps=args.classifier_steps, log=_log)
+    clf = get_classifier(steps=args.classifier_steps, log=_log) if args.legacy_classifier else None
+    judge = load_judge(args.judge)
     t0 = time.perf_counter()
     pipe = IrisPipeline.from_pretrained(args.model, device=args.device)
     _log(f"loaded {pipe!r} in {time.perf_counter() - t0:.1f}s")
-    kw = dict(n_prompts=args.prompts, budgets=budgets, seed=args.seed, classifier=clf, task_budget=tb,
-              n_task=args.task_scenes, tasks=tasks, guidance=args.guidance, log=_log)
+    kw = dict(n_prompts=args.prompts, budgets=budgets, seed=args.seed, classifier=clf, judge=judge,
+              n_pairs=args.pairs, seeds=args.seeds, task_budget=tb, n_task=args.task_scenes, tasks=tasks,
+              guidance=args.guidance, log=_log)
     results = {"model": evaluate(pipe, **kw)}
     print(format_markdown(results["model"], title=f"{pipe.config.name} ({args.model or 'demo'})"))
     if args.compare_untrained:

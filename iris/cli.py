@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import VARIANTS
+from .sampling import SAMPLERS
 
 
 def load_pipeline(model: str | None, device: str = "cpu", seed: int = 0):
@@ -37,7 +38,7 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", "-g", type=float, help="classifier-free guidance scale")
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=["euler", "heun", "consistency"])
+    p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--exit-threshold", type=float, help="adaptive exit: stop iterating once the core state settles")
     p.add_argument("--output", "-o", default=None, help="output PNG (default: <task>-<seed>.png)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -140,8 +141,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         effective = unique + (r - 1) * core
         print(f"depth r={r:<3} {pipe.effective_depth(r):3d} layers, {effective / 1e6:7.1f}M effective params")
     s = cfg.sampler
+    cost = pipe.cost()
     print(f"defaults    steps {s.steps}, iterations {s.iterations}, guidance {s.guidance}, sampler {s.sampler}"
-          + ("  (distilled)" if cfg.distilled else ""))
+          + ("  (distilled)" if cfg.distilled else "")
+          + f": {cost.nfe} NFE, {cost.core_iterations} core passes")
     if cfg.adapters:
         print(f"adapters    {', '.join(cfg.adapters)}")
     return 0

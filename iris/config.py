@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ class IrisConfig:
     distilled: bool = False
     adapters: list[str] = field(default_factory=list)  # e.g. ["inpaint", "control_canny", "upscale"]
     notes: str = ""
+    # a sibling model folder (a plain name, e.g. "iris-nano-emoji") whose weight files stand in for the ones
+    # this folder lacks: a distilled student ships its own generator and shares its teacher's VAE
+    shares: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +150,8 @@ class IrisConfig:
             (lambda: g.scan_method in SCAN_METHODS, f"generator.scan_method must be one of {', '.join(SCAN_METHODS)}"),
             (lambda: self.sampler.steps >= 1 and self.sampler.iterations >= 1,
              "sampler steps and iterations must be >= 1"),
+            (lambda: not self.shares or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.shares) is not None,
+             f"shares must name a sibling model folder (letters, digits, '.', '_', '-'), got {self.shares!r}"),
         ]
         for ok, message in checks:  # in order: later checks may divide by sizes checked earlier
             if not ok():

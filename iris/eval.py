@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ __all__ = [
     "CLASSIFIER_VERSION", "DEFAULT_BUDGETS", "DEFAULT_STEPS", "TASKS", "EmojiClassifier", "train_classifier",
     "classifier_accuracy", "save_classifier", "load_classifier", "get_classifier", "default_cache_path",
     "classify", "frechet_distance", "frechet_from_stats", "position_accuracy", "half_view", "region_view",
-    "psnr", "edge_f1", "evaluate", "format_markdown", "parse_budgets",
+    "psnr", "edge_f1", "evaluate", "eval_prompts", "phrase", "EvalPrompt", "SINGLE_PHRASINGS", "PAIR_PHRASINGS",
+    "format_markdown", "parse_budgets",
 ]
 
 INPUT_SIZE = 64
@@ -550,13 +552,112 @@ def _dilated_box(box: tuple[int, int, int, int], px: int, size: tuple[int, int])
     return max(0, x0 - px), max(0, y0 - px), min(size[0], x1 + px), min(size[1], y1 + px)
 
 
+# Prompt phrasings of the evaluation. The first two are caption-template forms; the others never come out
+# of the caption templates (`iris.train.emoji`), so a model that only learned the templates is caught.
+SINGLE_PHRASINGS = (
+    "{a} on {ac} background",
+    "{ac} background with {a}",
+    "a single {n} over a plain {c} backdrop",
+    "draw {a}; make the background {c}",
+    "{c} all around, with {a} in the middle",
+)
+PAIR_PHRASINGS = (
+    "{a1} {p1} and {a2} {p2}, {c} background",
+    "on {ac} background, {a1} is {p1} and {a2} is {p2}",
+)
+_SIDE_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One evaluation prompt: its text, the held-out scene it describes (whose render is the reference) and
+    the seed its image is generated with."""
+
+    text: str
+    scene: Scene
+    phrasing: int
+    seed: int
+
+
+def phrase(scene: Scene, phrasing: int) -> str:
+    """The held-out scene's prompt in phrasing `phrasing` (of SINGLE_PHRASINGS or PAIR_PHRASINGS)."""
+    from .train.emoji import article
+
+    c = COLORS[scene.color].name
+    if len(scene.emoji) == 1:
+        name = EMOJI[scene.emoji[0]].name
+        return SINGLE_PHRASINGS[phrasing % len(SINGLE_PHRASINGS)].format(a=article(name), n=name, c=c,
+                                                                         ac=article(c))
+    (e1, e2), (p1, p2) = scene.emoji, scene.positions
+    return PAIR_PHRASINGS[phrasing % len(PAIR_PHRASINGS)].format(
+        a1=article(EMOJI[e1].name), p1=_SIDE_WORDS[p1], a2=article(EMOJI[e2].name), p2=_SIDE_WORDS[p2], c=c,
+        ac=article(c))
+
+
+def eval_prompts(n_single: int, n_pair: int = 0, seeds: int = 2, seed: int = 0,
+                 scenes: EmojiScenes | None = None) -> list[EvalPrompt]:
+    """The first `n_single` single-sprite and `n_pair` two-sprite held-out scenes, phrasing i mod 5 (2) for
+    the i-th of each kind, each generated with `seeds` seeds (`seed`, `seed` + 1000, ...)."""
+    ds = scenes if scenes is not None else EmojiScenes(SceneConfig(), "heldout")
+    singles: list[Scene] = []
+    pairs: list[Scene] = []
+    for i in range(len(ds)):
+        if len(singles) >= n_single and len(pairs) >= n_pair:
+            break
+        scene = ds.sample(i)
+        pick = singles if len(scene.emoji) == 1 else pairs
+        if len(pick) < (n_single if pick is singles else n_pair) and (pick is singles or len(scene.positions) == 2):
+            pick.append(scene)
+    if len(singles) < n_single or len(pairs) < n_pair:
+        raise ValueError(f"the held-out split has only {len(singles)} single and {len(pairs)} pair scenes")
+    return [EvalPrompt(phrase(sc, i), sc, i, seed + 1000 * k + i)
+            for group in (singles, pairs) for i, sc in enumerate(group) for k in range(seeds)]
+
+
+def _judged(images: Sequence[Image.Image], prompts: Sequence[EvalPrompt], judge: Any,
+            classifier: EmojiClassifier | None = None) -> dict[str, Any]:
+    """Strict scores of images generated for `prompts` (see `evaluate`), plus judge features."""
+    from .judge import judge_images
+
+    verdict = judge_images(images, judge)
+    single = [i for i, p in enumerate(prompts) if len(p.scene.emoji) == 1]
+    want = [EMOJI[prompts[i].scene.emoji[0]].char for i in single]
+    top1 = [verdict.top5[i][0] == w for i, w in zip(single, want)]
+    top5 = [w in verdict.top5[i] for i, w in zip(single, want)]
+    pair = [i for i, p in enumerate(prompts) if len(p.scene.emoji) == 2]
+    halves, owners = [], []
+    for i in pair:
+        for e, side in zip(prompts[i].scene.emoji, prompts[i].scene.positions):
+            halves.append((half_view(images[i], side), EMOJI[e].char))
+            owners.append(i)
+    hv = judge_images([h for h, _ in halves], judge)
+    hit = np.array([t[0] == want for t, (_, want) in zip(hv.top5, halves)], bool)
+    owners_a = np.array(owners)
+    out: dict[str, Any] = {
+        "emoji_acc": _mean(top1), "emoji_top5": _mean(top5),
+        "color_acc": float(np.mean(verdict.colors == np.array([p.scene.color for p in prompts]))),
+        "position_acc": _mean(hit[owners_a == i].all() for i in pair) if pair else None,
+        "position_sprite_acc": float(hit.mean()) if len(hit) else None,
+        "by_phrasing": {str(k): _mean(h for i, h in zip(single, top1) if prompts[i].phrasing % 5 == k)
+                        for k in range(len(SINGLE_PHRASINGS))},
+        "features": verdict.features,
+    }
+    if classifier is not None:  # the old 207-way classifier, for comparison
+        e, _, _ = classify([images[i] for i in single], classifier)
+        out["emoji_acc_207"] = _mean(e == np.array([prompts[i].scene.emoji[0] for i in single]))
+    return out
+
+
 def evaluate(
     pipe: Any,
-    n_prompts: int = 100,
+    n_prompts: int = 60,
     budgets: Sequence[tuple[int, int]] = DEFAULT_BUDGETS,
     seed: int = 0,
     classifier: EmojiClassifier | None = None,
     *,
+    judge: Any = None,
+    n_pairs: int | None = None,
+    seeds: int = 2,
     task_budget: tuple[int, int] | None = None,
     n_task: int | None = None,
     tasks: Iterable[str] = TASKS,
@@ -564,67 +665,61 @@ def evaluate(
     scenes: EmojiScenes | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of `pipe` on the first `n_prompts` held-out scenes (prompt i uses seed `seed + i`).
+    """All metrics of `pipe`, judged strictly (`iris.judge`: every emoji the font renders is a class).
 
-    budgets: (steps, iterations) pairs for the generation metrics. task_budget: the budget of the
-    upscale/inpaint/control runs (default: the model's sampler defaults). n_task: scenes used by the task
-    metrics (default min(n_prompts, 32)). tasks: which of "vae", "super_resolution", "inpaint", "control" to
-    run (the others are None in the result). A metric needing an adapter the model lacks reports None with
-    a note. Returns a JSON-serialisable dict (see `format_markdown`).
+    Generation, per budget (steps, iterations): `n_prompts` held-out single-sprite scenes and `n_pairs`
+    (default n_prompts // 3) two-sprite ones, each prompt in one of five (two) phrasings, three (one) of
+    which the caption templates never produce, each generated with `seeds` seeds. Emoji top-1 / top-5 (of
+    ~1,400 classes), background colour, positions (both sprites named on their own halves) and a Fréchet
+    distance of judge features against the real renders. `classifier` (the old 207-way classifier) adds its
+    emoji accuracy as `emoji_acc_207`, for comparison. The task metrics (see `TASKS`) use `n_task` scenes
+    (default min(n_prompts, 32)) at `task_budget` (default: the model's). Returns a JSON-serialisable dict
+    (see `format_markdown`).
     """
     from . import control as control_maps
+    from .judge import judge_images, load_judge
 
     t_all = time.perf_counter()
-    clf = classifier if classifier is not None else get_classifier(log=log)
+    judge = judge if judge is not None else load_judge()
     tasks = set(tasks)
     unknown = tasks - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
     ds = scenes if scenes is not None else EmojiScenes(SceneConfig(), "heldout")
     n_prompts = int(n_prompts)
+    n_pairs = n_prompts // 3 if n_pairs is None else int(n_pairs)
     if not 1 <= n_prompts <= len(ds):
         raise ValueError(f"n_prompts must be between 1 and {len(ds)}, got {n_prompts}")
-    real = [ds.sample(i) for i in range(n_prompts)]
-    single = np.array([len(s.emoji) == 1 for s in real])
-    emoji_lbl = np.array([s.emoji[0] for s in real])
-    color_lbl = np.array([s.color for s in real])
+    prompts = eval_prompts(n_prompts, n_pairs, seeds, seed, ds)
+    real_images = [p.scene.image for p in prompts]
     res = pipe.config.resolution
     say = log or (lambda msg: None)
 
-    def scores(images: list[Image.Image]) -> dict[str, Any]:
-        e, c, f = classify(images, clf)
-        return {
-            "emoji_acc": float(np.mean(e[single] == emoji_lbl[single])) if single.any() else None,
-            "color_acc": float(np.mean(c == color_lbl)),
-            "position_acc": position_accuracy(images, real, clf),
-            "position_sprite_acc": position_accuracy(images, real, clf, per_sprite=True),
-            "features": f,
-        }
-
-    real_scores = scores([s.image for s in real])
+    real_scores = _judged(real_images, prompts, judge, classifier)
     real_feats = real_scores.pop("features")
     out: dict[str, Any] = {
         "model": pipe.config.name,
         "source": getattr(pipe, "source", ""),
         "n_prompts": n_prompts,
-        "n_single": int(single.sum()),
-        "n_pair": int((~single).sum()),
+        "n_single": n_prompts * seeds,
+        "n_pair": n_pairs * seeds,
+        "seeds": seeds,
         "seed": seed,
         "resolution": res,
         "guidance": guidance if guidance is not None else pipe.config.sampler.guidance,
-        "classifier": {k: v for k, v in clf.meta.items()},
+        "judge": {k: v for k, v in judge.meta.items()},
+        "judge_classes": len(judge.chars),
+        "classifier": {k: v for k, v in classifier.meta.items()} if classifier is not None else None,
+        "phrasings": {"single": list(SINGLE_PHRASINGS), "pair": list(PAIR_PHRASINGS)},
         "real": {**real_scores, "frechet": 0.0},
         "generation": [],
     }
     for steps, iterations in budgets:
         t0 = time.perf_counter()
-        images = []
-        for i, scene in enumerate(real):
-            r = pipe.generate(scene.caption, steps=steps, iterations=iterations, guidance=guidance, seed=seed + i,
-                              preview_fraction=None)
-            images.append(r.images[0])
-        seconds = (time.perf_counter() - t0) / n_prompts
-        row = scores(images)
+        images = [pipe.generate(p.text, steps=steps, iterations=iterations, guidance=guidance, seed=p.seed,
+                                preview_fraction=None).images[0] for p in prompts]
+        seconds = (time.perf_counter() - t0) / len(prompts)
+        row = _judged(images, prompts, judge, classifier)
         feats = row.pop("features")
         row = {"steps": steps, "iterations": iterations, **row, "frechet": frechet_distance(feats, real_feats),
                "seconds_per_image": seconds}
@@ -632,6 +727,7 @@ def evaluate(
         say(f"{steps}x{iterations}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                    if isinstance(v, float)))
 
+    real = [ds.sample(i) for i in range(min(len(ds), max(n_prompts, 32 if n_task is None else int(n_task))))]
     n_task = min(n_prompts, 32) if n_task is None else int(n_task)
     ts, ti = task_budget if task_budget is not None else (None, None)
     budget_kw = dict(steps=ts, iterations=ti, guidance=guidance, preview_fraction=None)
@@ -678,7 +774,7 @@ def evaluate(
     out["inpaint"] = None
     if "inpaint" in tasks:
         singles = [s for s in task_scenes if len(s.emoji) == 1]
-        k = n_prompts
+        k = len(real)
         while len(singles) < max(1, n_task // 2) and k < min(len(ds), n_prompts + 4 * n_task):
             s = ds.sample(k)
             if len(s.emoji) == 1:
@@ -695,12 +791,13 @@ def evaluate(
             out_img = pipe.inpaint(img, mask, scene.caption, seed=seed + i, **budget_kw).images[0]
             views.append(region_view(out_img, region))
             labels.append(scene.emoji[0])
-        pred, _, _ = classify(views, clf)
-        real_pred, _, _ = classify([region_view(to128(s.image), _dilated_box(
+        chars = [EMOJI[e].char for e in labels]
+        pred = judge_images(views, judge).top1
+        real_pred = judge_images([region_view(to128(s.image), _dilated_box(
             tuple(int(round(v * 128 / s.image.width)) for v in s.boxes[0]), MASK_DILATION, (128, 128)))
-            for s in singles], clf)
-        out["inpaint"] = {"emoji_acc": float(np.mean(pred == np.array(labels))) if labels else None,
-                          "real_emoji_acc": float(np.mean(real_pred == np.array(labels))) if labels else None,
+            for s in singles], judge).top1
+        out["inpaint"] = {"emoji_acc": _mean(a == b for a, b in zip(pred, chars)) if labels else None,
+                          "real_emoji_acc": _mean(a == b for a, b in zip(real_pred, chars)) if labels else None,
                           "adapter": "inpaint" in pipe.adapters, "n": len(labels)}
         say(f"inpaint emoji acc {out['inpaint']['emoji_acc']}")
 
@@ -741,27 +838,40 @@ def _num(v: Any, digits: int = 2, unit: str = "") -> str:
 def format_markdown(results: dict[str, Any], title: str | None = None) -> str:
     """Markdown tables of an `evaluate` result: one row per budget for generation, then the task metrics."""
     r = results
-    clf = r.get("classifier", {})
+    judge = r.get("judge") or {}
+    legacy = r.get("classifier") is not None
     lines = []
     if title:
         lines += [f"### {title}", ""]
-    acc = ""
-    if "emoji_acc" in clf:
-        acc = (f"; classifier on clean renders: emoji {_pct(float(clf['emoji_acc']))}, colour "
-               f"{_pct(float(clf['color_acc']))}")
+    clean = ""
+    if "emoji_top1" in judge:
+        clean = (f"; the judge on clean renders: emoji {_pct(float(judge['emoji_top1']))} top-1 of all classes, "
+                 f"colour {_pct(float(judge['color']))}")
     lines += [
-        f"Model `{r['model']}` ({r.get('source', '')}), {r['n_prompts']} held-out prompts "
-        f"({r['n_single']} single-sprite, {r['n_pair']} two-sprite), guidance {r.get('guidance')}{acc}.",
+        f"Model `{r['model']}` ({r.get('source', '')}): {r['n_prompts']} held-out single-sprite prompts and "
+        f"{r['n_pair'] // max(1, r.get('seeds', 1))} two-sprite ones × {r.get('seeds', 1)} seeds "
+        f"({r['n_single']} + {r['n_pair']} images per budget), guidance {r.get('guidance')}; judged among "
+        f"{r.get('judge_classes', '?')} emoji classes{clean}.",
         "",
-        "| steps × iterations | emoji top-1 | background colour | position (pairs) | sprite-in-half | "
-        "Fréchet distance | s / image |",
-        "|---|---|---|---|---|---|---|",
+        "| steps × iterations | emoji top-1 | emoji top-5 | background colour | positions (pairs) | "
+        "sprite-in-half | Fréchet distance | s / image |" + (" 207-way top-1 |" if legacy else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if legacy else ""),
     ]
     rows = [("real renders", r["real"], None)] + [(f"{g['steps']}×{g['iterations']}", g, g["seconds_per_image"])
                                                   for g in r["generation"]]
     for name, g, secs in rows:
-        lines.append(f"| {name} | {_pct(g['emoji_acc'])} | {_pct(g['color_acc'])} | {_pct(g['position_acc'])} | "
-                     f"{_pct(g['position_sprite_acc'])} | {_num(g['frechet'])} | {_num(secs)} |")
+        lines.append(f"| {name} | {_pct(g['emoji_acc'])} | {_pct(g.get('emoji_top5'))} | {_pct(g['color_acc'])} | "
+                     f"{_pct(g['position_acc'])} | {_pct(g['position_sprite_acc'])} | {_num(g['frechet'])} | "
+                     f"{_num(secs)} |" + (f" {_pct(g.get('emoji_acc_207'))} |" if legacy else ""))
+    phrasings = r.get("phrasings", {}).get("single", [])
+    if phrasings and r["generation"]:
+        lines += ["", "| emoji top-1 by phrasing | " + " | ".join(f"{g['steps']}×{g['iterations']}"
+                                                               for g in r["generation"]) + " |",
+                  "|---|" + "---|" * len(r["generation"])]
+        for k, text in enumerate(phrasings):
+            seen = " (a caption-template form)" if k < 2 else ""
+            lines.append(f"| `{text}`{seen} | " + " | ".join(_pct(g["by_phrasing"].get(str(k)))
+                                                             for g in r["generation"]) + " |")
     tb = r.get("task_budget")
     vae, sr, inp, ctl = r.get("vae"), r.get("super_resolution"), r.get("inpaint"), r.get("control")
     if not any((vae, sr, inp, ctl)):

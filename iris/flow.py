@@ -35,6 +35,11 @@ def loss_weight(t: torch.Tensor, weighting: str = "none", clamp: float = 5.0) ->
     raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
 
 
+def velocity_errors(v: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error [B] of a predicted velocity [B, ...] against the target eps - z0 (fp32)."""
+    return (v.float() - (noise - z0).float()).pow(2).flatten(1).mean(1)
+
+
 def rectified_flow_loss(
     velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     z0: torch.Tensor,
@@ -47,6 +52,5 @@ def rectified_flow_loss(
         t = sample_t(z0.shape[0], device=z0.device)
     if noise is None:
         noise = torch.randn_like(z0)
-    v = velocity_fn(interpolate(z0, noise, t), t)
-    err = (v.float() - (noise - z0).float()).pow(2).flatten(1).mean(1)
+    err = velocity_errors(velocity_fn(interpolate(z0, noise, t), t), z0, noise)
     return (err * loss_weight(t, weighting).to(err)).mean()

@@ -108,6 +108,16 @@ class Budget:
     exit_threshold: float | None
 
 
+@dataclass(frozen=True)
+class BudgetCost:
+    """What a budget costs, as the pipeline runs it."""
+
+    calls: int  # velocity evaluations the sampler makes
+    nfe: int  # network evaluations: calls x text branches (2 with classifier-free guidance)
+    core_iterations: int  # passes through the shared core: nfe x iterations
+    effective_depth: int  # layers per network evaluation: prelude + iterations x core + coda
+
+
 class IrisPipeline:
     """Text encoder + generator + WaveletVAE (+ preview decoder and optional adapters)."""
 
@@ -160,25 +170,34 @@ class IrisPipeline:
         """Load a model folder (config.json + *.safetensors), a hub id, or None for the bundled demo."""
         folder = resolve_model(path_or_hub_id)
         config = IrisConfig.load(folder / "config.json")
-        text_file = folder / "text_encoder.safetensors"
+
+        def weights(name: str) -> Path:
+            """This folder's file, else the `shares` sibling's (a plain folder name beside this one)."""
+            own = folder / name
+            if own.is_file() or not config.shares:
+                return own
+            shared = folder.parent / config.shares / name
+            return shared if shared.is_file() else own
+
+        text_file = weights("text_encoder.safetensors")
         # CLIP weights stored in fp16 stay fp16 in memory (half of their fp32 size; nothing lost)
         half_text = text_file.is_file() and stored_float_dtype(text_file) == torch.float16
         try:
             pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text)
         except Exception as err:
             raise ModelLoadError(f"{folder / 'config.json'} describes an invalid model: {err}") from err
-        load_weights(pipe.generator, folder / "generator.safetensors")
-        load_weights(pipe.vae, folder / "vae.safetensors")
+        load_weights(pipe.generator, weights("generator.safetensors"))
+        load_weights(pipe.vae, weights("vae.safetensors"))
         if text_file.is_file():
             load_weights(pipe.text_encoder, text_file)
         elif config.text.kind == "clip":
             pipe.text_encoder.load_hub_weights()  # type: ignore[attr-defined]
         else:
             raise ModelLoadError(f"{folder} has no text_encoder.safetensors for its built-in text encoder")
-        if (folder / "preview.safetensors").is_file():
-            load_weights(pipe.previewer, folder / "preview.safetensors")
+        if weights("preview.safetensors").is_file():
+            load_weights(pipe.previewer, weights("preview.safetensors"))
         for name, adapter in pipe.adapters.items():
-            load_weights(adapter, folder / "adapters" / f"{name}.safetensors")
+            load_weights(adapter, weights(f"adapters/{name}.safetensors"))
         return pipe.to(device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -240,6 +259,14 @@ class IrisPipeline:
     def effective_depth(self, iterations: int) -> int:
         """Layers run per NFE: prelude (2) + iterations x core layers + coda (2)."""
         return 2 + iterations * self.config.generator.core_layers + 2
+
+    def cost(self, steps: Any = None, iterations: Any = None, guidance: Any = None, sampler: str | None = None
+             ) -> BudgetCost:
+        """The network evaluations, core passes and effective depth of a budget (defaults: the model's)."""
+        b = self.check_budget(steps, iterations, guidance, sampler)
+        calls = sampling.velocity_calls(b.sampler, b.steps)
+        nfe = calls * sum(sampling.guidance_branches(b.guidance))
+        return BudgetCost(calls, nfe, nfe * b.iterations, self.effective_depth(b.iterations))
 
     # ------------------------------------------------------------------------------------------ checking
     def check_budget(self, steps: Any = None, iterations: Any = None, guidance: Any = None,
@@ -321,16 +348,16 @@ class IrisPipeline:
         on_step(i, t_next, z) -> replacement z or None, after each sampler step (inpainting).
         """
         b = latents.shape[0]
-        use_cfg = budget.guidance != 1.0  # 0 gives the unconditional (negative-prompt) velocity
-        cond = self.encode_text([prompt] * b)
+        with_prompt, with_negative = sampling.guidance_branches(budget.guidance)
+        use_cfg = with_prompt and with_negative
         if use_cfg:
-            uncond = self.encode_text([negative_prompt] * b)
+            cond, uncond = self.encode_text([prompt] * b), self.encode_text([negative_prompt] * b)
             if cond.tokens.shape[1] != uncond.tokens.shape[1]:
                 raise InvalidInputError("prompt and negative prompt encode to different lengths")
             mask = None if cond.mask is None else torch.cat([cond.mask, uncond.mask])
             text = TextCondition(torch.cat([cond.tokens, uncond.tokens]), mask)
-        else:
-            text = cond
+        else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
+            text = self.encode_text([prompt if with_prompt else negative_prompt] * b)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
         state_gen = torch.Generator("cpu").manual_seed((seed * 7919 + 17) % (2**63))
         noise_gen = torch.Generator("cpu").manual_seed((seed * 104729 + 29) % (2**63))

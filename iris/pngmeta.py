@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def save_png(image: Image.Image, path: str | Path, params: dict[str, Any] | None
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=png_info(params or {}))
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never expose a file whose bytes are still in flight
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,11 +44,11 @@ def read_params(source: str | Path | Image.Image) -> dict[str, Any] | None:
     """The parameters stored in a PNG by `save_png`, or None when it has none."""
     try:
         image = source if isinstance(source, Image.Image) else Image.open(source)
-    except OSError:
-        return None
-    raw = getattr(image, "text", {}).get(CHUNK) if hasattr(image, "text") else image.info.get(CHUNK)
-    if raw is None:
-        raw = image.info.get(CHUNK)
+        raw = getattr(image, "text", {}).get(CHUNK) if hasattr(image, "text") else image.info.get(CHUNK)
+        if raw is None:
+            raw = image.info.get(CHUNK)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
+        return None  # a truncated or damaged PNG: no parameters
     if not raw:
         return None
     try:

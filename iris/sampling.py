@@ -20,6 +20,25 @@ def flow_timesteps(steps: int, shift: float = 1.0, start: float = 1.0) -> list[f
     return [float(t) for t in ts]
 
 
+def velocity_calls(sampler: str, steps: int) -> int:
+    """Velocity evaluations `sample` makes in `steps` steps: heun adds one per step except the last."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def guidance_branches(guidance: float) -> tuple[bool, bool]:
+    """Which text branches each velocity evaluates, (prompt, negative prompt).
+
+    Guidance 1 is the prompt alone and guidance 0 the negative prompt alone (one network evaluation each);
+    any other value runs both and combines them with `cfg_combine` (two evaluations, batched)."""
+    if guidance == 1.0:
+        return True, False
+    if guidance == 0.0:
+        return False, True
+    return True, True
+
+
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guidance: v_u + g (v_c - v_u)."""
     return v_uncond + guidance * (v_cond - v_uncond)

@@ -247,6 +247,8 @@ class Studio:
                     w, h = result.image.size
                     seed = result.params.get("seed")
                     text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
+                    if self.gallery.warning:
+                        text += f" ({self.gallery.warning})"
                     final = (kwargs["mask"],) if extra else ()  # API callers get the mask with the result
                     yield (skip, status_html(1.0, text, "done"), str(path), result.params) + final
                 else:
@@ -329,9 +331,9 @@ class Studio:
 
     # ------------------------------------------------------------------------------------- gallery
     def gallery_items(self) -> tuple[list[tuple[str, str]], list[str]]:
-        entries = self.gallery.entries(limit=200)
-        items = [(str(self.gallery.path_of(e)), f"{e.task} · {e.prompt[:40]}") for e in entries]
-        return items, [e.file for e in entries]
+        shown = [(e, self.gallery.path_of(e)) for e in self.gallery.entries(limit=200)]
+        shown = [(e, path) for e, path in shown if path is not None]
+        return [(str(path), f"{e.task} · {e.prompt[:40]}") for e, path in shown], [e.file for e, _ in shown]
 
     def gallery_list(self) -> dict[str, Any]:
         """The output folder and its entries (newest first; `file` is relative to the folder)."""
@@ -342,7 +344,9 @@ class Studio:
         if not files or index is None or index >= len(files):
             return None, None, None
         file = files[index]
-        path = self.gallery.folder / file
+        path = self.gallery.resolve(file)
+        if path is None:
+            return None, None, None
         entry = next((e for e in self.gallery.entries() if e.file == file), None)
         return str(path), (entry.params if entry else None), str(path)
 
@@ -809,13 +813,19 @@ def launch(
     prevent_thread_lock: bool = False,
     max_file_size: str = "25mb",
     quiet: bool = False,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Any:
     """Queue (one generation at a time, at most 20 waiting) and serve. Files are served from the output folder
-    only (and gradio's own cache)."""
+    only (and gradio's own cache). Requests whose Host header names another machine are refused (see
+    `iris_studio.hosts`): a loopback bind answers loopback names and `allowed_hosts` only."""
     studio: Studio = demo.studio  # type: ignore[attr-defined]
     from PIL import Image
+    from starlette.middleware import Middleware
 
     from iris.inputs import MAX_PIXELS
+
+    from .hosts import HostCheck
+    from .hosts import allowed_hosts as hosts_for
 
     # gradio decodes uploads with PIL before a handler runs: PIL refuses images over 2 x MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
@@ -832,6 +842,7 @@ def launch(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         ssr_mode=False,
+        app_kwargs={"middleware": [Middleware(HostCheck, allowed=hosts_for(host, share, allowed_hosts))]},
     )
     if GRADIO_6:
         kwargs.update(theme=theme_object(studio.settings.theme), css=CSS)

@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--no-warmup", action="store_true", help="skip the background warm-up run after start")
     p.add_argument("--max-file-size", default="25mb", help="largest upload accepted (default 25mb)")
+    p.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAME[,NAME]",
+        help="host names the server answers besides 127.0.0.1, localhost and ::1 (default: those only when "
+        "bound to this machine; any name with --host 0.0.0.0 or --share unless this lists some)",
+    )
     return p
 
 
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             inbrowser=not args.no_browser,
             prevent_thread_lock=True,
             max_file_size=args.max_file_size,
+            allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h.strip()),
         )
     except OSError as err:
         print(f"iris-studio: error: cannot start the server: {err}", file=sys.stderr)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
-SAMPLERS = ("euler", "heun", "consistency")
 DEMO = "demo"
 
 
@@ -60,15 +59,6 @@ def is_variant(spec: str) -> bool:
     from iris import VARIANTS
 
     return spec.lower().removeprefix("iris-") in VARIANTS and not Path(spec).exists()
-
-
-def sampler_calls(sampler: str, steps: int) -> int:
-    """Velocity evaluations (each running the core `iterations` times) a sampler makes in `steps` steps."""
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
-def uses_cfg(guidance: float) -> bool:
-    return guidance != 1.0 and guidance > 0
 
 
 class Engine:
@@ -257,7 +247,7 @@ class Engine:
         steps = int(kwargs.get("steps") or self.info.defaults["steps"])
         iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
         sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
-        expected = sampler_calls(sampler, steps) * iterations
+        expected = pipe.cost(steps, iterations, kwargs.get("guidance"), sampler).calls * iterations
         thread = threading.Thread(target=work, name=f"iris-{task}", daemon=True)
         start = time.perf_counter()
         thread.start()
@@ -332,11 +322,11 @@ class Engine:
         )
 
     # ------------------------------------------------------------------------------------------- speed
-    def _units(self, kwargs: dict[str, Any], guidance: float) -> float:
+    def _units(self, width: int | None, height: int | None, guidance: float) -> float:
+        """Work per core pass: megapixels x the text branches the engine evaluates at this guidance."""
         res = self.info.resolution
-        w = kwargs.get("width") or res
-        h = kwargs.get("height") or res
-        return (w * h / 1e6) * (2 if uses_cfg(guidance) else 1)
+        branches = self.pipe.cost(1, 1, guidance, "euler").nfe
+        return ((width or res) * (height or res) / 1e6) * branches
 
     def _record(self, result: Any, kwargs: dict[str, Any], steps: int, iterations: int, sampler: str) -> None:
         t = getattr(result, "timings", {}) or {}
@@ -345,8 +335,8 @@ class Engine:
         if not sampling_s or result is None or params.get("task", "generate") == "upscale":
             return
         guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
-        units = self._units({"width": params.get("width"), "height": params.get("height")}, guidance)
-        per_iter = sampling_s / (sampler_calls(sampler, steps) * iterations)
+        units = self._units(params.get("width"), params.get("height"), guidance)
+        per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
         a = 0.5
         key = round(units, 6)
@@ -366,13 +356,13 @@ class Engine:
         """Estimated seconds for a run, from measured speed; None before the first measurement."""
         if not self._speed:
             return None
-        units = round(self._units({"width": width, "height": height}, guidance), 6)
+        units = round(self._units(width, height, guidance), 6)
         if units in self._speed:
             per_iter = self._speed[units]
         else:  # the nearest measured size, scaled in proportion to the work
             near = min(self._speed, key=lambda k: abs(math.log(k / units)))
             per_iter = self._speed[near] * units / near
-        calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
+        calls = self.pipe.cost(steps, iterations, guidance, sampler).calls
         return calls * iterations * per_iter + (self._overhead or 0.0)
 
     def budget(
@@ -384,13 +374,10 @@ class Engine:
         height: int | None = None,
         sampler: str | None = None,
     ) -> dict[str, Any]:
-        """NFE, effective depth and estimated time of a budget."""
-        steps, iterations = int(steps), int(iterations)
-        calls = sampler_calls(sampler or self.info.defaults["sampler"], steps)
-        nfe = calls * (2 if uses_cfg(float(guidance)) else 1)
-        depth = self.pipe.effective_depth(iterations)
+        """NFE, effective depth and estimated time of a budget, as the engine counts them."""
+        cost = self.pipe.cost(steps, iterations, guidance, sampler)
         return {
-            "nfe": nfe,
-            "depth": depth,
+            "nfe": cost.nfe,
+            "depth": cost.effective_depth,
             "seconds": self.estimate(steps, iterations, guidance, width, height, sampler),
         }

@@ -14,11 +14,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 INDEX = "index.json"
 APP_NAME = "iris-studio"
+STALE_TEMP_SECONDS = 3600  # temp files (".tmp-*.png", ".index-*.json") older than this are left by killed writes
 
 
 def default_output_dir() -> Path:
@@ -72,12 +73,45 @@ class Gallery:
     """Saves results and lists them, newest first. Thread-safe."""
 
     def __init__(self, folder: str | Path | None = None):
-        self.folder = Path(folder).expanduser().resolve() if folder else default_output_dir()
+        self.folder = (Path(folder).expanduser() if folder else default_output_dir()).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index_path = self.folder / INDEX
         self.warning: str | None = None
         self._lock = threading.Lock()
+        self._remove_stale_temp_files()
         self._entries = self._load()
+
+    # ------------------------------------------------------------------------------------------ safety
+    def resolve(self, file: Any) -> Path | None:
+        """The PNG that gallery entry `file` names, or None unless it is a regular `.png` file inside the
+        output folder: no absolute paths, no "..", no symbolic link anywhere on the way, nothing outside."""
+        if not isinstance(file, str) or not file or "\\" in file or "\x00" in file:
+            return None
+        rel = PurePosixPath(file)
+        if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() != ".png" or len(rel.parts) > 4:
+            return None
+        path = self.folder
+        try:
+            for part in rel.parts:
+                path = path / part
+                if path.is_symlink():
+                    return None
+            if not path.is_file() or not path.resolve().is_relative_to(self.folder):
+                return None
+        except (OSError, ValueError):
+            return None
+        return path
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete temp files that writes killed half-way left behind (older than STALE_TEMP_SECONDS)."""
+        now = time.time()
+        for pattern in (".index-*.json", "*/.tmp-*.png"):
+            for path in self.folder.glob(pattern):
+                try:
+                    if not path.is_symlink() and path.is_file() and now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                        path.unlink()
+                except OSError:
+                    pass
 
     # ------------------------------------------------------------------------------------------- index
     def _load(self) -> list[Entry]:
@@ -106,7 +140,7 @@ class Gallery:
             self._write(entries)
             return entries
         entries = [e for e in (Entry.from_dict(item) for item in items) if e is not None]
-        entries = [e for e in entries if (self.folder / e.file).is_file()]
+        entries = [e for e in entries if self.resolve(e.file) is not None]
         # an image saved just before a crash (killed between the PNG's rename and the index's) is not lost
         unindexed = self._rebuild(skip={e.file for e in entries})
         if unindexed:
@@ -122,19 +156,26 @@ class Gallery:
         the files in `skip` are left out."""
         from iris.pngmeta import read_params
 
+        found = []
+        for p in self.folder.glob("*/*.png"):
+            rel = p.relative_to(self.folder).as_posix()
+            if p.name.startswith(".") or rel in skip or self.resolve(rel) is None:
+                continue
+            try:
+                found.append((p.stat().st_mtime, rel, p))
+            except OSError:
+                continue
         entries = []
-        paths = [p for p in self.folder.glob("*/*.png")
-                 if not p.name.startswith(".") and p.relative_to(self.folder).as_posix() not in skip]
-        for path in sorted(paths, key=lambda p: p.stat().st_mtime):
+        for mtime, rel, path in sorted(found):
             params = read_params(path) or {}
             seed = params.get("seed")
             entries.append(
                 Entry(
-                    path.relative_to(self.folder).as_posix(),
+                    rel,
                     str(params.get("task", "generate")),
                     str(params.get("prompt", "")),
                     seed if isinstance(seed, int) else None,
-                    path.stat().st_mtime,
+                    mtime,
                     params,
                 )
             )
@@ -150,6 +191,8 @@ class Gallery:
                     ensure_ascii=False,
                     default=str,
                 )
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self.index_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -181,17 +224,24 @@ class Gallery:
                 dict(params),
             )
             self._entries.append(entry)
-            self._write(self._entries)
+            try:
+                self._write(self._entries)
+            except OSError as err:  # the PNG is saved; the next start-up re-indexes it from its own chunk
+                self.warning = f"saved {path.name}, but the gallery index could not be written ({err})"
+            else:
+                self.warning = None
         return path
 
     def entries(self, limit: int | None = None) -> list[Entry]:
-        """Past results, newest first."""
+        """Past results whose PNG is still a regular file inside the folder, newest first."""
         with self._lock:
             items = list(reversed(self._entries))
+        items = [e for e in items if self.resolve(e.file) is not None]
         return items[:limit] if limit else items
 
-    def path_of(self, entry: Entry) -> Path:
-        return self.folder / entry.file
+    def path_of(self, entry: Entry) -> Path | None:
+        """The entry's PNG, or None when it is gone or not a safe file inside the folder (see `resolve`)."""
+        return self.resolve(entry.file)
 
     def __len__(self) -> int:
         return len(self._entries)

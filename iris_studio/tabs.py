@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from iris import SAMPLERS
+
 from .metadata import fields
 
 TASK_TITLES = {
@@ -310,7 +312,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 budget = gr.Markdown("", elem_classes=["iris-budget-info"], elem_id=f"{task}-budget")
             with gr.Accordion("Advanced", open=False):
                 controls["sampler"] = gr.Dropdown(
-                    ["euler", "heun", "consistency"],
+                    list(SAMPLERS),
                     value=info.defaults.get("sampler", "euler"),
                     label="Sampler",
                 )

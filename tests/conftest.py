@@ -6,6 +6,16 @@ import os
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: tests never touch the network
+
+# Hermetic: every user folder the code or its libraries may use (caches, config, data, the hub cache,
+# gradio's uploads) points into one temporary folder per test session, inherited by the subprocesses
+# and studio servers the tests start. No test reads or writes the user's own folders.
+_SESSION_HOME = tempfile.mkdtemp(prefix="iris-tests-")
+for _var, _sub in (("IRIS_CACHE_DIR", "cache/iris"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
+                   ("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state"), ("HF_HOME", "cache/huggingface"),
+                   ("IRIS_STUDIO_CONFIG_DIR", "config/iris-studio"), ("GRADIO_TEMP_DIR", "gradio"),
+                   ("MPLCONFIGDIR", "config/matplotlib")):
+    os.environ[_var] = os.path.join(_SESSION_HOME, _sub)
 # One compute thread per process (inherited by the studio servers the tests start): on 2 shared cores,
 # two spinning thread pools slow each other down 10-30x. Set OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -67,3 +77,17 @@ def nano_pipe():
     perturb(pipe.generator, std=0.02, seed=0)
     perturb(pipe.previewer, std=0.1, seed=1)
     return pipe
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Browser tests belong to the slow tier (before `-m` selects a tier)."""
+    for item in items:
+        if item.get_closest_marker("browser") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

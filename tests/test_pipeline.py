@@ -177,6 +177,35 @@ def test_guidance_one_skips_cfg(nano_pipe):
     assert not np.array_equal(pixels(no_cfg.image), pixels(cfg.image))
 
 
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 3.0])
+def test_cost_matches_the_network_evaluations_the_pipeline_runs(nano_pipe, monkeypatch, guidance, sampler):
+    """`cost()` (what the studio and the CLI show) against a count of the generator's real evaluations:
+    the batch rows of every `decode` call outside previews."""
+    counted = []
+    real_decode = type(nano_pipe.generator).decode
+    monkeypatch.setattr(type(nano_pipe.generator), "decode",
+                        lambda self, s, e, c: counted.append(s.shape[0]) or real_decode(self, s, e, c))
+    iterated = []
+    real_iterate = type(nano_pipe.generator).iterate
+    monkeypatch.setattr(type(nano_pipe.generator), "iterate",
+                        lambda self, s, *a: iterated.append(s.shape[0]) or real_iterate(self, s, *a))
+    res = nano_pipe.generate("a red apple", negative_prompt="blurry", steps=3, iterations=2, guidance=guidance,
+                             sampler=sampler, seed=1, width=32, height=32)
+    cost = nano_pipe.cost(3, 2, guidance, sampler)
+    assert sum(counted) == cost.nfe == res.timings["nfe"]
+    assert sum(iterated) == cost.core_iterations == cost.nfe * 2
+    assert cost.calls == (5 if sampler == "heun" else 3) and cost.effective_depth == nano_pipe.effective_depth(2)
+    assert cost.nfe == cost.calls * (2 if guidance == 3.0 else 1)
+
+
+def test_guidance_zero_is_the_negative_prompt_alone(nano_pipe):
+    zero = nano_pipe.generate("a red apple", negative_prompt="a dog", guidance=0.0, seed=2, **FAST)
+    negative = nano_pipe.generate("a dog", guidance=1.0, seed=2, **FAST)
+    assert zero.timings["nfe"] == FAST["steps"]
+    assert np.array_equal(pixels(zero.image), pixels(negative.image))
+
+
 @pytest.mark.parametrize("sampler", ["heun", "consistency"])
 def test_other_samplers(nano_pipe, sampler):
     res = nano_pipe.generate("x", sampler=sampler, seed=1, **FAST)

@@ -278,3 +278,29 @@ def test_settings_survive_a_restart(studio, paths):
         assert len(client2.predict(api_name="/gallery")["entries"]) >= 6
     finally:
         again.stop()
+
+
+def test_foreign_host_headers_are_refused(studio):
+    """DNS rebinding: a page whose own name resolves to 127.0.0.1 sends that name as Host. The studio bound to
+    127.0.0.1 answers loopback names only, on every route, with or without a matching Origin."""
+    import http.client
+
+    app, _ = studio
+
+    def get(path: str, host: str, origin: str | None = None) -> tuple[int, bytes, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+        headers = {"Host": host, **({"Origin": origin} if origin else {})}
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        return r.status, body, r.getheader("access-control-allow-origin")
+
+    port = app.port
+    for path in ("/", "/gradio_api/info", "/config", "/gradio_api/queue/status"):
+        for host in (f"rebind.evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", ""):
+            status, body, _ = get(path, host, origin=f"http://{host}" if host else None)
+            assert status == 400, (path, host, status)
+            assert body.startswith(b"Invalid Host header") and len(body) < 200  # nothing of the app's
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}"):
+        assert get("/", host)[0] == 200, host

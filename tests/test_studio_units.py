@@ -95,6 +95,88 @@ def test_gallery_is_safe_from_threads(tmp_path):
     assert len(list(tmp_path.glob("*/*.png"))) == 8
 
 
+@pytest.mark.parametrize("use_index", [True, False])
+def test_gallery_never_lists_files_outside_its_folder(tmp_path, use_index):
+    """Symlinks in the folder, absolute paths and ".." in the index, other suffixes: none of them is listed,
+    resolved or handed to the gallery widget, and one bad entry does not hide the good ones."""
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    secret = outside / "config.png"
+    _image().save(secret)
+    (outside / "hostname").write_text("secret")
+    folder = tmp_path / "out"
+    g = Gallery(folder)
+    good = g.add(_image(), {"task": "generate", "prompt": "mine", "seed": 1})
+    day = good.parent
+    (day / "zz.png").symlink_to(secret)
+    (day / "link-dir").symlink_to(outside, target_is_directory=True)
+    (folder / "2026-01-01").symlink_to(outside, target_is_directory=True)
+    hostile = ["/etc/hostname", str(secret), "../secret/config.png", f"{day.name}/../../secret/config.png",
+               f"{day.name}/zz.png", f"{day.name}/link-dir/config.png", "2026-01-01/config.png", "index.json",
+               f"{day.name}\\..\\..\\secret\\config.png", "", "a\x00.png"]
+    if use_index:
+        index = json.loads((folder / "index.json").read_text())
+        index["entries"] += [{"file": f, "task": "generate", "prompt": "bad", "params": {}} for f in hostile]
+        (folder / "index.json").write_text(json.dumps(index))
+    else:
+        (folder / "index.json").unlink()
+    again = Gallery(folder)
+    assert [e.prompt for e in again.entries()] == ["mine"]
+    for f in hostile:
+        assert again.resolve(f) is None, f
+    assert again.resolve(good.relative_to(folder).as_posix()) == good
+
+    from iris_studio.app import Studio
+    from iris_studio.settings import Settings
+
+    studio = Studio(engine=None, settings=Settings(), gallery=again)
+    items, files = studio.gallery_items()
+    assert files == [good.relative_to(folder).as_posix()] and items[0][0] == str(good)
+
+
+def test_gallery_survives_truncated_pngs_and_cleans_stale_temp_files(tmp_path):
+    g = Gallery(tmp_path)
+    path = g.add(_image(), {"task": "generate", "prompt": "whole", "seed": 3})
+    data = path.read_bytes()
+    (path.parent / "broken.png").write_bytes(data[: len(data) // 2])
+    (path.parent / "empty.png").write_bytes(b"")
+    stale = [path.parent / ".tmp-abc.png", tmp_path / ".index-abc.json"]
+    fresh = path.parent / ".tmp-new.png"
+    for f in stale + [fresh]:
+        f.write_bytes(b"partial")
+    old = time.time() - 7200
+    for f in stale:
+        os.utime(f, (old, old))
+    (tmp_path / "index.json").unlink()
+    again = Gallery(tmp_path)  # starts, lists every PNG that is a file (the damaged ones without parameters)
+    assert "whole" in [e.prompt for e in again.entries()]
+    assert not any(f.exists() for f in stale) and fresh.exists()
+
+
+def test_gallery_keeps_the_result_when_only_the_index_write_fails(tmp_path, monkeypatch):
+    g = Gallery(tmp_path)
+
+    def full_disk(entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(g, "_write", full_disk)
+    path = g.add(_image(), {"task": "generate", "prompt": "saved anyway", "seed": 5})
+    assert path.is_file() and g.warning and "index" in g.warning
+    assert [e.prompt for e in Gallery(tmp_path).entries()] == ["saved anyway"]  # re-indexed at the next start
+
+
+# --------------------------------------------------------------------------------------------------- hosts
+def test_host_names_and_allowed_hosts():
+    from iris_studio.hosts import LOOPBACK_HOSTS, allowed_hosts, host_name
+
+    assert host_name("LocalHost.:7860") == "localhost" and host_name("[::1]:7860") == "::1"
+    assert host_name("127.0.0.1") == "127.0.0.1" and host_name("::1") == "::1"
+    assert allowed_hosts("127.0.0.1") == LOOPBACK_HOSTS
+    assert allowed_hosts("localhost", extra=["studio.lan"]) == LOOPBACK_HOSTS | {"studio.lan"}
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("127.0.0.1", share=True) is None
+    assert allowed_hosts("0.0.0.0", extra=["studio.lan"]) == LOOPBACK_HOSTS | {"studio.lan", "0.0.0.0"}
+
+
 # ------------------------------------------------------------------------------------------------- metadata
 def test_controls_from_params_keeps_types_and_skips_missing():
     params = {"task": "generate", "prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2, "steps": 3,
@@ -178,6 +260,9 @@ def test_engine_streams_one_preview_per_core_iteration(engine):
     assert engine.estimate(2, 3, 1.0, 64, 64) is not None  # measured speed
     b = engine.budget(2, 3, 3.0)
     assert b["nfe"] == 4 and b["depth"] == engine.pipe.effective_depth(3)
+    for guidance, nfe in ((0.0, 2), (1.0, 2), (3.0, 4)):  # the studio shows what the engine runs
+        assert engine.budget(2, 3, guidance)["nfe"] == engine.pipe.cost(2, 3, guidance).nfe == nfe
+    assert engine.budget(2, 3, 1.0, sampler="heun")["nfe"] == 3
 
 
 def test_engine_throttles_previews(engine):

@@ -236,6 +236,103 @@ def test_distill_stage_runs_and_sets_sampler(base_model, image_folder, tmp_path)
     assert pipe.generate("x", steps=2, iterations=1).images[0].size == (32, 32)
 
 
+def test_trajectory_cache_holds_the_teachers_guided_euler_solve(base_model, tmp_path):
+    """Each cached state is the previous one plus one guided Euler step, and the end point is one more step:
+    checked against the teacher's velocity recomputed by hand with the pipeline's own guidance."""
+    from iris import sampling
+    from iris.models.generator import TextCondition
+    from iris.train import trajectories as tr
+
+    teacher = IrisPipeline.from_pretrained(base_model)
+    captions = ["a white square on red", "a white square on blue", "a white square on green"]
+    states, ends, times = tr.solve(teacher, captions, seed=3, steps=3, iterations=2, guidance=2.5)
+    assert states.shape == (3, 3, 16, 2, 2) and ends.shape == (3, 16, 2, 2) and times[0] == 1.0 and times[-1] == 0
+    gen = teacher.generator
+    with torch.no_grad():
+        cond, null = teacher.text_encoder.encode(captions), teacher.text_encoder.encode([""] * 3)
+        text = TextCondition(torch.cat([cond.tokens, null.tokens]), torch.cat([cond.mask, null.mask]))
+        rng = torch.Generator().manual_seed(3)
+        torch.randn(states[:, 0].shape, generator=rng)  # the initial noise comes first
+        nxt = list(states.unbind(1)[1:]) + [ends]
+        for k in range(3):
+            z = states[:, k]
+            c = gen.condition(torch.full((6,), times[k]), text)
+            e = gen.embed(torch.cat([z, z]), c)
+            s0 = gen.initial_state(e[:3], rng)
+            s = torch.cat([s0, s0])
+            for i in range(1, 3):
+                s = gen.iterate(s, e, c, text, i)
+            v = sampling.cfg_combine(*gen.decode(s, e, c).chunk(2), 2.5)
+            assert torch.allclose(sampling.euler_step(z, v, times[k], times[k + 1]), nxt[k], atol=1e-5)
+    traj = tr.Trajectories(states, ends, captions, times[:-1], {"seed": "3"})
+    again = tr.load(",".join(str(tr.save(traj, tmp_path / f"t{i}.safetensors")) for i in range(2)))
+    assert len(again) == 6 and torch.equal(again.states[3:], states) and again.captions[:3] == captions
+
+
+def test_trajectory_distillation_learns_the_cached_end_points(base_model, image_folder, tmp_path):
+    """A student trained on cached solves gets closer to their end points from pure noise in one step."""
+    from iris.train import trajectories as tr
+
+    teacher = IrisPipeline.from_pretrained(base_model)
+    captions = [f"a white square on {c}" for c in COLORS] * 2
+    states, ends, times = tr.solve(teacher, captions, seed=0, steps=2, iterations=2, guidance=2.0)
+    cache = tr.save(tr.Trajectories(states, ends, captions, times[:-1], {}), tmp_path / "cache.safetensors")
+    data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
+    cfg = run_cfg(base_model, tmp_path / "t", "distill", data, steps=40, distill_method="trajectory",
+                  distill_teacher_steps=2, distill_cache=str(cache))
+    trainer = Trainer(cfg)
+
+    def one_step_error(gen) -> float:
+        with torch.no_grad():
+            text = trainer.pipe.text_encoder.encode(captions)
+            t = torch.ones(len(captions))
+            x0 = states[:, 0] - gen(states[:, 0], t, text, 2, state_generator=torch.Generator().manual_seed(0))
+            return float((x0 - ends).pow(2).mean())
+
+    before = one_step_error(trainer.pipe.generator)
+    trainer.train()
+    pipe = IrisPipeline.from_pretrained(trainer.export())
+    assert one_step_error(pipe.generator) < 0.7 * before, (before, one_step_error(pipe.generator))
+    assert pipe.config.distilled and pipe.config.sampler.sampler == "consistency"
+
+
+def test_a_model_folder_can_share_its_siblings_weights(base_model, tmp_path):
+    """`shares`: a student folder with its own generator takes the VAE, text encoder and preview decoder from
+    a sibling folder; names that leave the parent folder are refused."""
+    import shutil
+
+    from iris.errors import ModelLoadError
+
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(base_model, teacher_dir)
+    student = IrisPipeline.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        for p in student.generator.parameters():
+            p.mul_(0.5)
+    folder = tmp_path / "student"
+    folder.mkdir()
+    student.config.shares = "teacher"
+    student.config.save(folder / "config.json")
+    from iris.hub import save_weights
+
+    save_weights(student.generator, folder / "generator.safetensors")
+    loaded = IrisPipeline.from_pretrained(folder)
+    for a, b in zip(loaded.generator.parameters(), student.generator.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(loaded.vae.parameters(), IrisPipeline.from_pretrained(teacher_dir).vae.parameters()):
+        assert torch.equal(a, b)
+    for bad in ("../teacher", "/etc", "teacher/../..", ""):
+        data = json.loads((folder / "config.json").read_text())
+        data["shares"] = bad
+        (folder / "config.json").write_text(json.dumps(data))
+        if bad:
+            with pytest.raises(ModelLoadError, match="shares"):
+                IrisPipeline.from_pretrained(folder)
+        else:
+            with pytest.raises(ModelLoadError, match="missing"):
+                IrisPipeline.from_pretrained(folder)
+
+
 @pytest.mark.parametrize("stage", ["inpaint", "upscale", "control"])
 def test_adapter_stages_train_only_the_adapter(stage, base_model, image_folder, tmp_path):
     if stage == "control":

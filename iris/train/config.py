@@ -78,10 +78,16 @@ class TrainConfig:
     disc_weight: float = 0.0  # > 0 turns on the patch discriminator after disc_start steps
     disc_start: int = 1000
     train_encoder: bool = True  # False: fine-tune the decoder only, keeping the latent space fixed
-    # distillation (consistency distillation from a teacher with the flow ODE)
+    # distillation from a teacher along its guided flow ODE (stage 5)
     teacher: str = ""  # model folder; empty = the starting model
+    # "consistency": one teacher Euler step per sample, the student's own prediction as the target;
+    # "trajectory": the teacher's whole guided solve from noise, the student maps its states to its end point
+    distill_method: str = "consistency"
     distill_intervals: int = 16  # discretisation of [0, 1] for consistency distillation
     distill_guidance: float = 3.0
+    distill_teacher_steps: int = 4  # trajectory: teacher solver steps; the student learns at their times
+    distill_teacher_iterations: int = 0  # trajectory: teacher core iterations (0: the teacher's default)
+    distill_cache: str = ""  # trajectory: solves cached by `python -m iris.train.trajectories` (comma-separated)
     # adapters
     control_kind: str = "canny"
     # pixel upscaler: this share of each batch is Gaussian-blurred first (random width), so that the upscaler

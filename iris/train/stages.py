@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..flow import interpolate, loss_weight, sample_t
+from .. import sampling
+from ..flow import interpolate, loss_weight, sample_t, velocity_errors
 from ..models.adapters import build_adapter
 from ..models.generator import TextCondition
 from ..models.wavelet import dwt
@@ -181,7 +182,7 @@ class FlowStage(Stage):
             residual=self.residual(batch, z0, rng), state_generator=rng,
             backprop_iterations=min(self.backprop, r),
         )
-        err = (v.float() - (noise - z0).float()).pow(2).flatten(1).mean(1)
+        err = velocity_errors(v, z0, noise)
         w = loss_weight(t, self.cfg.weighting).to(err)
         extra = self.sample_weights(batch)
         if extra is not None:
@@ -216,23 +217,46 @@ class AestheticStage(FlowStage):
 
 
 class DistillStage(FlowStage):
-    """Consistency distillation (Song et al. 2023) on the flow ODE, with x0-parametrisation f = z - t v.
+    """Stage 5: a few-step, unguided student of a guided teacher, both x0-parametrised: f(z, t) = z - t v,
+    so f(z, 0) = z holds by construction. Two methods (`distill_method`):
 
-    Teacher: a frozen copy taking one guided Euler step from t_{n+1} to t_n. Target: the student's own
-    stop-gradient prediction at t_n (no EMA target, as in improved consistency training). f(z, 0) = z
-    holds by construction, so the boundary condition needs no extra term.
+    consistency: consistency distillation (Song et al. 2023). The teacher takes one guided Euler step from
+        t_{n+1} to t_n; the target is the student's own stop-gradient prediction at t_n (no EMA target, as
+        in improved consistency training).
+    trajectory: the teacher solves its guided ODE from noise in `distill_teacher_steps` Euler steps; the
+        student learns to map the state at each of those times straight to the solve's end point. The
+        consistency sampler at 1, 2 or 4 steps visits exactly those times (for 4 teacher steps).
     """
 
     def __init__(self, pipe: IrisPipeline, cfg: TrainConfig, teacher: IrisPipeline | None = None):
         super().__init__(pipe, cfg)
+        if cfg.distill_method not in ("consistency", "trajectory"):
+            raise ValueError(f"distill_method must be consistency or trajectory, got {cfg.distill_method!r}")
         self.teacher = copy.deepcopy((teacher or pipe).generator).requires_grad_(False).eval()
+        self.teacher_iterations = cfg.distill_teacher_iterations or (teacher or pipe).config.sampler.iterations
+        self.cache = None
+        if cfg.distill_cache:
+            from .trajectories import load
+
+            self.cache = load(cfg.distill_cache)
 
     def f(self, gen: nn.Module, z: torch.Tensor, t: torch.Tensor, text: TextCondition, r: int,
           rng: torch.Generator, k: int | None) -> torch.Tensor:
         v = gen(z, t, text, r, state_generator=rng, backprop_iterations=k)
         return z - t.view(-1, 1, 1, 1) * v
 
+    @torch.no_grad()
+    def guided_velocity(self, z: torch.Tensor, t: torch.Tensor, text: TextCondition, null: TextCondition,
+                        rng: torch.Generator) -> torch.Tensor:
+        """The teacher's classifier-free-guided velocity, both branches in one batch."""
+        mask = None if text.mask is None else torch.cat([text.mask, null.mask])
+        both = TextCondition(torch.cat([text.tokens, null.tokens]), mask)
+        v = self.teacher(torch.cat([z, z]), torch.cat([t, t]), both, self.teacher_iterations, state_generator=rng)
+        return sampling.cfg_combine(*v.chunk(2), self.cfg.distill_guidance)
+
     def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.cfg.distill_method == "trajectory":
+            return self.forward_trajectory(batch, rng)
         z0 = self.latents(batch["image"])
         b, n = z0.shape[0], self.cfg.distill_intervals
         idx = torch.randint(1, n + 1, (b,), generator=rng)
@@ -242,16 +266,53 @@ class DistillStage(FlowStage):
         with torch.no_grad():
             text = self.text_encoder.encode(batch["caption"])
             null = self.text_encoder.encode([""] * b)
-            r_t = self.pipe.config.sampler.iterations
-            v_c = self.teacher(z_hi, t_hi, text, r_t)
-            v_u = self.teacher(z_hi, t_hi, null, r_t)
-            v = v_u + self.cfg.distill_guidance * (v_c - v_u)
+            v = self.guided_velocity(z_hi, t_hi, text, null, rng)
             z_lo = z_hi + (t_lo - t_hi).view(-1, 1, 1, 1) * v
             r = randint(*self.iter_range, rng)
             target = self.f(self.generator, z_lo, t_lo, text, r, rng, None)
         pred = self.f(self.generator, z_hi, t_hi, text, r, rng, min(self.backprop, r))
         loss = (pred.float() - target.float()).pow(2).mean()
         return loss, {"cd": loss.item()}
+
+    @torch.no_grad()
+    def teacher_solve(self, captions: list[str], shape: tuple[int, ...], rng: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """States [B, K, C, h, w] of the teacher's guided Euler solve at its K times, and its end [B, C, h, w]."""
+        device, b = self.pipe.device, shape[0]
+        times = sampling.flow_timesteps(self.cfg.distill_teacher_steps, self.pipe.config.sampler.shift)
+        text, null = self.text_encoder.encode(captions), self.text_encoder.encode([""] * b)
+        z = torch.randn(shape, generator=rng).to(device)
+        states = []
+        for t, t_next in zip(times[:-1], times[1:]):
+            states.append(z)
+            v = self.guided_velocity(z, torch.full((b,), t, device=device), text, null, rng)
+            z = sampling.euler_step(z, v, t, t_next)
+        return torch.stack(states, dim=1), z, times[:-1]
+
+    def forward_trajectory(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        images, device = batch["image"], self.pipe.device
+        b, f = images.shape[0], self.pipe.latent_factor
+        if self.cache is not None:  # cached solves: the batch only sets the batch size
+            pick = torch.randint(0, len(self.cache), (b,), generator=rng)
+            states, end = self.cache.states[pick].to(device), self.cache.ends[pick].to(device)
+            captions, times = [self.cache.captions[i] for i in pick.tolist()], self.cache.times
+        else:
+            shape = (b, self.pipe.config.vae.latent_channels, images.shape[-2] // f, images.shape[-1] // f)
+            states, end, times = self.teacher_solve(batch["caption"], shape, rng)
+            captions = batch["caption"]
+        with torch.no_grad():
+            text = self.text_encoder.encode(captions)
+            k = torch.randint(0, len(times), (b,), generator=rng)
+            z_in = states[torch.arange(b), k]
+            t_in = torch.tensor(times, dtype=torch.float32)[k].to(device)
+        r = randint(*self.iter_range, rng)
+        pred = self.f(self.generator, z_in, t_in, text, r, rng, min(self.backprop, r))
+        err = (pred.float() - end.float()).pow(2).flatten(1).mean(1)
+        logs = {"traj": err.mean().item(), "iterations": float(r)}
+        first = k == 0
+        if bool(first.any()):
+            logs["traj_from_noise"] = err[first].mean().item()
+        return err.mean(), logs
 
 
 # --------------------------------------------------------------------------------------------- Adapters

@@ -63,6 +63,18 @@ def build_vocab(captions: list[str], extra: list[str] = ()) -> list[int]:
     return sorted(ids)
 
 
+NO_DECAY_LEAVES = {"bias", "b1", "b2", "table", "position", "a_param", "log_gamma_raw", "alpha"}
+NO_DECAY_EMBEDDINGS = ("iter_embed.", "class_embed.", "token_embedding.")
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether AdamW decays a parameter: weight matrices and kernels do; norms, biases (AFNO's block
+    biases too), per-channel scales, embeddings, adaLN tables and the RG-LRU decay rates do not, as in
+    nanoGPT and DiT."""
+    leaf = name.rpartition(".")[2]
+    return param.ndim >= 2 and leaf not in NO_DECAY_LEAVES and not any(e in name for e in NO_DECAY_EMBEDDINGS)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -88,15 +100,19 @@ class Trainer:
         teacher = IrisPipeline.from_pretrained(cfg.teacher).to(self.device) if cfg.teacher else None
         self.stage: Stage = build_stage(cfg, self.pipe, teacher).to(self.device)
         self.stage.freeze_all_but_trainable()
-        self.params = {
+        named = {
             f"{part}.{name}": p
             for part, module in self.stage.trainable().items()
             for name, p in module.named_parameters()
             if p.requires_grad
         }
+        # decayed parameters first, then the rest: the optimiser's flat parameter order is this dict's order
+        decay = {k: p for k, p in named.items() if decays(k, p)}
+        self.params = {**decay, **{k: p for k, p in named.items() if k not in decay}}
+        groups = [{"params": list(decay.values()), "weight_decay": cfg.optim.weight_decay},
+                  {"params": [p for k, p in self.params.items() if k not in decay], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-            weight_decay=cfg.optim.weight_decay,
+            [g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
         )
         self.ema = {k: p.detach().clone() for k, p in self.params.items()}
         if latest is not None:
