@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_CONFIG_BYTES = 1 << 20  # a model config.json is a few KB
+
 SCAN_METHODS = ("cumsum", "blocked", "matrix")  # see iris.models.scan
 
 
@@ -162,9 +164,13 @@ class IrisConfig:
         from .errors import ModelLoadError
 
         try:
-            data = json.loads(Path(path).read_text())
+            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+                raise ModelLoadError(f"model config {path} is over {MAX_CONFIG_BYTES // 1024} KB: not an IRIS config")
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"cannot read model config {path}: {err}") from err
+        except RecursionError:
+            raise ModelLoadError(f"model config {path} is nested too deeply to be an IRIS config") from None
         if not isinstance(data, dict):
             raise ModelLoadError(f"model config {path} is not a JSON object")
         return cls.from_dict(data)

@@ -32,12 +32,10 @@ from . import control as control_maps
 from . import sampling
 from .errors import InvalidInputError
 from .inputs import check_float, check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
+from .limits import MAX_MASK_BLUR, MAX_PADDING, MAX_SIDE, MAX_TILE, PREVIEW_FRACTION
 from .models.wavelet import dwt, idwt, with_ll_band
-from .pipeline import MAX_SIDE, Budget, IrisPipeline, IrisResult, PreviewCallback, PreviewEvent
+from .pipeline import Budget, IrisPipeline, IrisResult, PreviewCallback, PreviewEvent
 
-MAX_MASK_BLUR = 64.0
-MAX_PADDING = 512
-MAX_TILE = 8192
 MAX_UPSCALE_PIXELS = 4096 * 4096  # output pixels of one upscale call
 MAX_UPSCALE_SIDE = 16384
 MAX_CONTROL_WEIGHT = 2.0
@@ -126,7 +124,7 @@ def sdedit_start(strength: float, shift: float) -> float:
 def sdedit(pipe: IrisPipeline, z_clean: torch.Tensor, noise: torch.Tensor, prompt: str, negative_prompt: str,
            budget: Budget, seed: int, strength: float, *,
            residual: Callable[[float], torch.Tensor | None] | None = None,
-           on_preview: PreviewCallback | None = None, preview_fraction: float | None = 0.1,
+           on_preview: PreviewCallback | None = None, preview_fraction: float | None = PREVIEW_FRACTION,
            timings: dict[str, float] | None = None) -> torch.Tensor:
     """Noise clean latents to t0 = strength along the flow, then integrate to 0 with all `budget.steps` steps.
 
@@ -160,7 +158,7 @@ def edit(
     shift: float | None = None,
     exit_threshold: float | None = None,
     on_preview: PreviewCallback | None = None,
-    preview_fraction: float | None = 0.1,
+    preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
     """SDEdit: encode the image, noise it to t0 = `strength`, integrate to 0 under the new prompt.
 
@@ -229,7 +227,7 @@ def inpaint(
     shift: float | None = None,
     exit_threshold: float | None = None,
     on_preview: PreviewCallback | None = None,
-    preview_fraction: float | None = 0.1,
+    preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
     """Regenerate the white region of `mask` (white = change, black = keep).
 
@@ -479,7 +477,7 @@ def upscale(
     shift: float | None = None,
     exit_threshold: float | None = None,
     on_preview: PreviewCallback | None = None,
-    preview_fraction: float | None = 0.1,
+    preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
     """Wavelet super-resolution, 2x or 4x (= 2x twice); output exactly `scale` x the input's size.
 
@@ -550,7 +548,7 @@ def control(
     shift: float | None = None,
     exit_threshold: float | None = None,
     on_preview: PreviewCallback | None = None,
-    preview_fraction: float | None = 0.1,
+    preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
     """Text to image following a control image, through the model's `control_<kind>` adapter.
 

@@ -120,6 +120,9 @@ def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
                     raise ModelLoadError(
                         f"{path.name}: tensor {key} has shape {shape}, config expects {tuple(own[key].shape)}"
                     )
+                stored = f.get_slice(key).get_dtype()
+                if key in own and own[key].is_floating_point() and stored not in _SAFETENSORS_FLOATS:
+                    raise ModelLoadError(f"{path.name}: tensor {key} is stored as {stored}, not as floating point")
         with torch.no_grad():
             for key in keys:
                 if key in own:
@@ -158,11 +161,15 @@ def _copy_in_blocks(dest: torch.Tensor, path: Path, key: str) -> None:
     if dest.dim() == 0:
         with safe_open(str(path), framework="pt") as f:
             dest.copy_(f.get_tensor(key))
+        if dest.is_floating_point() and not bool(torch.isfinite(dest)):
+            raise ModelLoadError(f"{path.name}: tensor {key} holds NaN or infinite values")
         return
     rows = dest.shape[0] if dest.numel() <= LOAD_BLOCK_ELEMENTS else max(1, LOAD_BLOCK_ELEMENTS // dest[0].numel())
     for start in range(0, dest.shape[0], rows):
         with safe_open(str(path), framework="pt") as f:
             dest[start : start + rows].copy_(f.get_slice(key)[start : start + rows])
+        if dest.is_floating_point() and not bool(torch.isfinite(dest[start : start + rows]).all()):
+            raise ModelLoadError(f"{path.name}: tensor {key} holds NaN or infinite values")
 
 
 def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

@@ -16,11 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
-
-MAX_PIXELS = 40_000_000  # decoded images above this are refused (decompression bombs)
-MAX_FILE_BYTES = 100 * 1024 * 1024
-MAX_PROMPT_CHARS = 10_000
-MAX_SEED = 2**63 - 1
+from .limits import MAX_FILE_BYTES, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED  # noqa: F401 - re-exported
 
 
 def check_int(name: str, value: Any, lo: int, hi: int) -> int:
@@ -75,7 +71,31 @@ def check_prompt(value: Any, name: str = "prompt") -> str:
         raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidInputError(f"{name} is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates: undecodable bytes on a command line, broken JSON
+        raise InvalidInputError(f"{name} holds characters that are not valid Unicode text (at position "
+                                f"{err.start}); was it decoded with the wrong encoding?") from None
     return value.replace("\x00", " ")
+
+
+def check_device(value: Any) -> torch.device:
+    """A device this machine can run on: cpu, cuda, cuda:N or mps."""
+    text = str(value).strip().lower() if value is not None else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InvalidInputError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError("CUDA was asked for but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"there is no CUDA device {device.index} ({torch.cuda.device_count()} found)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError("MPS was asked for but this machine has no MPS device")
+    return device
 
 
 def round_size(name: str, value: Any, multiple: int, lo: int, hi: int) -> int:

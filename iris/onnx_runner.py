@@ -302,8 +302,10 @@ class OnnxIris:
         z = TorchRandn(seed).randn(latent_shape)
         state_noise = TorchRandn((seed * 7919 + 17) % (2**63))
         fresh_noise = TorchRandn((seed * 104729 + 29) % (2**63))
-        use_cfg = guidance != 1.0  # guidance 0 gives the unconditional (negative-prompt) velocity
-        tokens, mask = self.encode_text([prompt, negative_prompt] if use_cfg else [prompt])
+        # as iris.sampling.guidance_branches: 1 is the prompt alone, 0 the negative prompt alone, else both
+        use_cfg = guidance not in (0.0, 1.0)
+        tokens, mask = self.encode_text([prompt, negative_prompt] if use_cfg else
+                                        [prompt if guidance == 1.0 else negative_prompt])
         rep = lambda a, i: np.repeat(a[i : i + 1], num_images, axis=0)
         text = np.concatenate([rep(tokens, 0), rep(tokens, 1)]) if use_cfg else rep(tokens, 0)
         text_mask = np.concatenate([rep(mask, 0), rep(mask, 1)]) if use_cfg else rep(mask, 0)

@@ -12,6 +12,7 @@ Raise `GenerationCancelled` from it to stop a run.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,15 +28,11 @@ from . import sampling
 from .config import IrisConfig, variant_config
 from .errors import GenerationCancelled, InvalidInputError, ModelLoadError
 from .hub import load_weights, resolve_model, save_weights, stored_float_dtype
-from .inputs import check_float, check_int, check_prompt, check_seed, round_size, tensor_to_pil
+from .inputs import check_device, check_float, check_int, check_prompt, check_seed, round_size, tensor_to_pil
+from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, PREVIEW_FRACTION, max_model_parameters
 from .models.generator import IrisGenerator, TextCondition
 from .models.text import TextEncoder, build_text_encoder
 from .models.vae import PreviewDecoder, WaveletVAE
-
-MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
-MAX_SIDE = 2048
-MAX_IMAGES = 16
 
 
 @dataclass
@@ -108,6 +105,16 @@ class Budget:
     exit_threshold: float | None
 
 
+def count_parameters(config: IrisConfig) -> int:
+    """The parameters a config implies, counted on the meta device: no memory is allocated."""
+    from .models.adapters import build_adapter
+
+    with torch.device("meta"):
+        parts = [IrisGenerator(config.generator), WaveletVAE(config.vae), build_text_encoder(config.text)]
+        parts += [build_adapter(name, config) for name in config.adapters]
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
 @dataclass(frozen=True)
 class BudgetCost:
     """What a budget costs, as the pipeline runs it."""
@@ -151,6 +158,10 @@ class IrisPipeline:
         from .models.adapters import build_adapter
 
         seed = check_seed(seed)  # torch.manual_seed overflows (a bare ValueError) beyond 64 bits
+        n, limit = count_parameters(config), max_model_parameters()
+        if n > limit:
+            raise ModelLoadError(f"the model config asks for {n / 1e6:,.0f}M parameters, over the limit of "
+                                 f"{limit / 1e6:,.0f}M (set IRIS_MAX_PARAMETERS to allow more)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             generator = IrisGenerator(config.generator)
@@ -182,22 +193,34 @@ class IrisPipeline:
         text_file = weights("text_encoder.safetensors")
         # CLIP weights stored in fp16 stay fp16 in memory (half of their fp32 size; nothing lost)
         half_text = text_file.is_file() and stored_float_dtype(text_file) == torch.float16
+        device = check_device(device)
         try:
             pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text)
+        except ModelLoadError:
+            raise
         except Exception as err:
             raise ModelLoadError(f"{folder / 'config.json'} describes an invalid model: {err}") from err
-        load_weights(pipe.generator, weights("generator.safetensors"))
-        load_weights(pipe.vae, weights("vae.safetensors"))
-        if text_file.is_file():
-            load_weights(pipe.text_encoder, text_file)
-        elif config.text.kind == "clip":
-            pipe.text_encoder.load_hub_weights()  # type: ignore[attr-defined]
-        else:
-            raise ModelLoadError(f"{folder} has no text_encoder.safetensors for its built-in text encoder")
-        if weights("preview.safetensors").is_file():
-            load_weights(pipe.previewer, weights("preview.safetensors"))
-        for name, adapter in pipe.adapters.items():
-            load_weights(adapter, weights(f"adapters/{name}.safetensors"))
+        failure: str | None = None
+        try:
+            load_weights(pipe.generator, weights("generator.safetensors"))
+            load_weights(pipe.vae, weights("vae.safetensors"))
+            if text_file.is_file():
+                load_weights(pipe.text_encoder, text_file)
+            elif config.text.kind == "clip":
+                pipe.text_encoder.load_hub_weights()  # type: ignore[attr-defined]
+            else:
+                raise ModelLoadError(f"{folder} has no text_encoder.safetensors for its built-in text encoder")
+            if weights("preview.safetensors").is_file():
+                load_weights(pipe.previewer, weights("preview.safetensors"))
+            for name, adapter in pipe.adapters.items():
+                load_weights(adapter, weights(f"adapters/{name}.safetensors"))
+        except ModelLoadError as err:
+            failure, error_type = str(err), type(err)
+        if failure is not None:
+            # raised out here, with no traceback into the loading frames, so the half-loaded model is freed now
+            del pipe
+            gc.collect()
+            raise error_type(failure)
         return pipe.to(device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -218,9 +241,7 @@ class IrisPipeline:
         return folder
 
     def to(self, device: str | torch.device) -> IrisPipeline:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InvalidInputError("CUDA was asked for but no CUDA device is available")
+        device = check_device(device)
         for module in (self.generator, self.vae, self.text_encoder, self.previewer, self.adapters):
             module.to(device)
         self._text_cache.clear()
@@ -339,7 +360,7 @@ class IrisPipeline:
         residual: Callable[[float], torch.Tensor | None] | None = None,
         on_step: Callable[[int, float, torch.Tensor], torch.Tensor | None] | None = None,
         on_preview: PreviewCallback | None = None,
-        preview_fraction: float | None = 0.1,
+        preview_fraction: float | None = PREVIEW_FRACTION,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
         """Integrate `latents` [B, C, h, w] (noisy at time `start`) to t = 0. The engine of every task.
@@ -437,7 +458,7 @@ class IrisPipeline:
         shift: float | None = None,
         exit_threshold: float | None = None,
         on_preview: PreviewCallback | None = None,
-        preview_fraction: float | None = 0.1,
+        preview_fraction: float | None = PREVIEW_FRACTION,
     ) -> IrisResult:
         """Text to image. Sizes are rounded to multiples of `latent_factor`; defaults come from the config."""
         prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative_prompt")

@@ -53,6 +53,6 @@ def read_params(source: str | Path | Image.Image) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, TypeError):
         return None
     return data if isinstance(data, dict) else None

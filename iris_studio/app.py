@@ -15,6 +15,8 @@ from typing import Any
 
 import gradio as gr
 
+from iris import limits
+
 from . import metadata
 from .engine import TASKS, Engine, is_variant
 from .gallery import Gallery
@@ -43,7 +45,6 @@ IMAGE_INPUT_NAMES = {
     "control": ("control_image",),
 }
 MODEL_SOURCES = ("Bundled demo", "Local folder", "Hub id", "Random weights")
-MAX_SEED = 2**32 - 1
 
 
 def theme_object(name: str) -> Any:
@@ -157,7 +158,7 @@ class Studio:
     def task_kwargs(self, task: str, images: list[Any], c: dict[str, Any]) -> dict[str, Any]:
         """Engine keyword arguments from the tab's values; raises gr.Error for missing inputs."""
         seed = c.get("seed")
-        seed = random.randint(0, MAX_SEED) if seed is None or seed == "" or float(seed) < 0 else int(seed)
+        seed = random.randint(0, limits.RANDOM_SEED_MAX) if seed is None or seed == "" or float(seed) < 0 else int(seed)
         common = {
             "prompt": c.get("prompt") or "",
             "negative_prompt": c.get("negative_prompt") or "",
@@ -284,7 +285,7 @@ class Studio:
     # --------------------------------------------------------------------------------- small handlers
     @staticmethod
     def randomize() -> int:
-        return random.randint(0, MAX_SEED)
+        return random.randint(0, limits.RANDOM_SEED_MAX)
 
     @staticmethod
     def reuse(params: Any) -> Any:
@@ -568,8 +569,8 @@ class Studio:
                         0.0, 1.0, value=st.upscale_strength, step=0.05, label="Upscale strength"
                     )
                 with gr.Row():
-                    s["mask_blur"] = gr.Slider(0, 64, value=st.mask_blur, step=1, label="Mask blur")
-                    s["padding"] = gr.Slider(0, 256, value=st.padding, step=8, label="Inpaint padding")
+                    s["mask_blur"] = gr.Slider(0, limits.MAX_MASK_BLUR, value=st.mask_blur, step=1, label="Mask blur")
+                    s["padding"] = gr.Slider(0, limits.MAX_PADDING, value=st.padding, step=8, label="Inpaint padding")
                 with gr.Row():
                     s["preview_interval_ms"] = gr.Slider(
                         0, 1000, value=st.preview_interval_ms, step=10, label="Min. ms between previews"

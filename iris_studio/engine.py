@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iris.limits import PREVIEW_FRACTION
+
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
 
@@ -200,7 +202,7 @@ class Engine:
         kwargs: dict[str, Any],
         *,
         interval: float = 0.08,
-        preview_fraction: float | None = 0.25,
+        preview_fraction: float | None = PREVIEW_FRACTION,
         record: bool = True,
         background: bool = False,
     ) -> Iterator[Update]:

@@ -127,7 +127,7 @@ class Gallery:
             items = data["entries"] if isinstance(data, dict) else data
             if not isinstance(items, list):
                 raise ValueError("no entry list")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
             damaged = self.index_path.with_name(INDEX + ".damaged")
             try:
                 os.replace(self.index_path, damaged)

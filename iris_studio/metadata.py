@@ -7,8 +7,11 @@ control of the tab (`SKIP` where the PNG says nothing about it, so the control k
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+from iris import limits
 
 SKIP = object()  # "leave this control as it is"
 
@@ -25,6 +28,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 _INT = {"seed", "steps", "iterations", "width", "height", "mask_blur", "padding", "scale", "tile"}
 _FLOAT = {"guidance", "strength", "weight", "start", "end"}
+# the engine's limits: a value outside them (a seed of 1e20, NaN) is not restored
+_RANGE: dict[str, tuple[float, float]] = {
+    "seed": (0, limits.MAX_SEED), "steps": (1, limits.MAX_STEPS), "iterations": (1, 64),
+    "width": (0, limits.MAX_SIDE), "height": (0, limits.MAX_SIDE), "mask_blur": (0, limits.MAX_MASK_BLUR),
+    "padding": (0, limits.MAX_PADDING), "scale": (2, 4), "tile": (0, limits.MAX_TILE),
+    "guidance": (0.0, limits.MAX_GUIDANCE), "strength": (0.0, 1.0), "weight": (0.0, 2.0), "start": (0.0, 1.0),
+    "end": (0.0, 1.0),
+}
 _BOOL = {"masked_only", "preprocess"}
 _TEXT = {"prompt", "negative_prompt", "sampler", "kind"}
 
@@ -35,26 +46,44 @@ def fields(task: str) -> tuple[str, ...]:
 
 
 def coerce(name: str, value: Any) -> Any:
-    """A PNG value converted to the control's type, or SKIP when it does not fit."""
+    """A PNG value converted to the control's type, or SKIP when it does not fit (or lies outside the
+    engine's limits)."""
     if value is None:
         return SKIP
     try:
-        if name in _INT:
-            if isinstance(value, bool):
+        if name in _INT or name in _FLOAT:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 return SKIP
-            number = float(value)
-            return int(number) if number.is_integer() else SKIP
-        if name in _FLOAT:
-            if isinstance(value, bool):
+            number = value if isinstance(value, (int, float)) else _number(value)
+            if isinstance(number, float) and not (math.isfinite(number) and (name in _FLOAT or number.is_integer())):
                 return SKIP
-            return float(value)
+            lo, hi = _RANGE.get(name, (-math.inf, math.inf))
+            if not lo <= number <= hi:
+                return SKIP
+            return int(number) if name in _INT else float(number)
         if name in _BOOL:
             return value if isinstance(value, bool) else SKIP
         if name in _TEXT:
-            return value if isinstance(value, str) else SKIP
+            return value if isinstance(value, str) and _encodable(value) else SKIP
     except (TypeError, ValueError, OverflowError):
         return SKIP
     return value
+
+
+def _number(text: str) -> int | float:
+    """A numeric string: whole numbers exactly (long seeds keep every digit), else a float."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        return float(text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return len(text) <= limits.MAX_PROMPT_CHARS
 
 
 def controls_from_params(params: dict[str, Any] | None, task: str) -> list[Any]:
@@ -82,4 +111,5 @@ def describe(params: dict[str, Any] | None) -> str:
     task = params.get("task", "generate")
     budget = f"{params.get('steps', '?')} steps × {params.get('iterations', '?')} iterations"
     seed, guidance = params.get("seed", "?"), params.get("guidance", "?")
-    return f"Restored a **{task}** run: seed {seed}, {budget}, guidance {guidance}."
+    task = task if task in EXTRAS else "generate"
+    return f"Restored {'an' if task[0] in 'aeiou' else 'a'} **{task}** run: seed {seed}, {budget}, guidance {guidance}."

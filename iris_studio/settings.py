@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from iris import limits
 
 APP_NAME = "iris-studio"
 FILE_NAME = "settings.json"
@@ -37,7 +40,7 @@ class Settings:
     live: bool = False
     # previews: at most one image every `preview_interval_ms`; previews may cost `preview_cost` of run time
     preview_interval_ms: int = 80
-    preview_cost: float = 0.25  # 0 means: render a preview after every core iteration, whatever it costs
+    preview_cost: float = limits.PREVIEW_FRACTION  # 0: a preview after every core iteration, whatever it costs
     # task extras
     edit_strength: float = 0.6
     upscale_strength: float = 0.2
@@ -73,19 +76,29 @@ def settings_path() -> Path:
     return config_dir() / FILE_NAME
 
 
-_LIMITS: dict[str, tuple[float, float]] = {
-    "steps": (1, 200),
+_LIMITS: dict[str, tuple[float, float]] = {  # the engine's limits (iris.limits); a model may allow fewer iterations
+    "steps": (1, limits.MAX_STEPS),
     "iterations": (1, 64),
-    "guidance": (0.0, 30.0),
-    "width": (0, 2048),
-    "height": (0, 2048),
+    "guidance": (0.0, limits.MAX_GUIDANCE),
+    "width": (0, limits.MAX_SIDE),
+    "height": (0, limits.MAX_SIDE),
     "preview_interval_ms": (0, 5000),
     "preview_cost": (0.0, 1.0),
     "edit_strength": (0.0, 1.0),
     "upscale_strength": (0.0, 1.0),
-    "mask_blur": (0, 64),
-    "padding": (0, 256),
+    "mask_blur": (0, limits.MAX_MASK_BLUR),
+    "padding": (0, limits.MAX_PADDING),
 }
+DEVICE_FORM = re.compile(r"(cpu|mps|cuda(:\d{1,2})?)")
+
+
+def _encodable(text: str) -> bool:
+    """False for text that cannot be written as UTF-8 (lone surrogates such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_dict(data: Any) -> tuple[Settings, list[str]]:
@@ -109,12 +122,14 @@ def from_dict(data: Any) -> tuple[Settings, list[str]]:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
         elif isinstance(default, str):
-            ok = isinstance(value, str)
+            ok = isinstance(value, str) and len(value) <= limits.MAX_PROMPT_CHARS and _encodable(value)
         if ok and f.name in _LIMITS:
             lo, hi = _LIMITS[f.name]
             ok = lo <= value <= hi
         if ok and f.name == "theme":
             ok = value in THEMES
+        if ok and f.name == "device":
+            ok = DEVICE_FORM.fullmatch(value) is not None
         if ok:
             values[f.name] = value
         else:
@@ -135,6 +150,8 @@ def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]
         data = json.loads(text)
     except json.JSONDecodeError as err:
         return Settings(), f"settings file {path} is damaged ({err.msg} at line {err.lineno}); using defaults"
+    except RecursionError:
+        return Settings(), f"settings file {path} is damaged (nested too deeply); using defaults"
     settings, problems = from_dict(data)
     if problems and not isinstance(data, dict):
         return settings, f"settings file {path} is damaged ({problems[0]}); using defaults"

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from iris import SAMPLERS
+from iris import SAMPLERS, limits
 
 from .metadata import fields
 
@@ -61,7 +61,6 @@ def readable_upload(component: Any) -> Any:
 
     component.preprocess = preprocess
     return component
-MAX_UI_STEPS = 50
 
 
 @dataclass
@@ -193,9 +192,11 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
             # ---------------------------------------------------------------- task controls
             if task == "inpaint":
                 with gr.Row():
-                    controls["mask_blur"] = gr.Slider(0, 64, value=settings.mask_blur, step=1, label="Mask blur")
+                    controls["mask_blur"] = gr.Slider(
+                        0, limits.MAX_MASK_BLUR, value=settings.mask_blur, step=1, label="Mask blur"
+                    )
                     controls["padding"] = gr.Slider(
-                        0, 256, value=settings.padding, step=8, label="Padding (masked only)"
+                        0, limits.MAX_PADDING, value=settings.padding, step=8, label="Padding (masked only)"
                     )
                 controls["masked_only"] = gr.Checkbox(value=False, label="Masked area only (crop around the mask)")
             elif task == "edit":
@@ -241,6 +242,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     label="Seed (-1 = random)",
                     scale=4,
                     minimum=-1,
+                    maximum=limits.MAX_SEED,
                     elem_id=f"{task}-seed",
                 )
                 randomize = gr.Button(
@@ -266,17 +268,17 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 hint = " (0 = auto)" if task == "control" else ""
                 with gr.Row():
                     controls["width"] = gr.Slider(
-                        lo, 1024, value=w0, step=f, label=f"Width{hint}", elem_id=f"{task}-width"
+                        lo, limits.MAX_SIDE, value=w0, step=f, label=f"Width{hint}", elem_id=f"{task}-width"
                     )
                     controls["height"] = gr.Slider(
-                        lo, 1024, value=h0, step=f, label=f"Height{hint}", elem_id=f"{task}-height"
+                        lo, limits.MAX_SIDE, value=h0, step=f, label=f"Height{hint}", elem_id=f"{task}-height"
                     )
             controls["guidance"] = gr.Slider(
                 0.0,
-                15.0,
+                limits.MAX_GUIDANCE,
                 value=settings.guidance,
                 step=0.5,
-                label="Guidance (1 = off, half the NFE)",
+                label="Guidance (1: the prompt alone, 0: the negative prompt alone; either halves the NFE)",
                 elem_id=f"{task}-guidance",
             )
 
@@ -294,8 +296,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     )
                     controls["steps"] = gr.Slider(
                         1,
-                        MAX_UI_STEPS,
-                        value=min(settings.steps, MAX_UI_STEPS),
+                        limits.MAX_STEPS,
+                        value=settings.steps,
                         step=1,
                         label="Steps",
                         scale=3,

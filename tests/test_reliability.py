@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -402,3 +403,89 @@ def test_gallery_index_survives_kills_mid_write(tmp_path):
     assert len(on_disk) > 10
     assert not any(Path(f).name.startswith(".") for f in listed)  # no half-written temp file in the gallery
     assert listed == on_disk, (sorted(on_disk - listed), sorted(listed - on_disk))
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _nano_folder(nano_pipe, folder: Path) -> Path:
+    nano_pipe.config.adapters = ["control_canny"]
+    from iris.models.adapters import build_adapter
+
+    nano_pipe.adapters["control_canny"] = build_adapter("control_canny", nano_pipe.config)
+    try:
+        return nano_pipe.save_pretrained(folder)
+    finally:
+        del nano_pipe.adapters["control_canny"]
+        nano_pipe.config.adapters = []
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RSS from /proc (Linux)")
+def test_failed_loads_free_their_memory(nano_pipe, tmp_path):
+    """A folder whose last file (an adapter) is truncated fails after every other weight was loaded; ten such
+    loads must not keep ten half-built models alive."""
+    import gc
+
+    from iris.errors import ModelLoadError
+
+    folder = _nano_folder(nano_pipe, tmp_path / "m")
+    adapter = folder / "adapters" / "control_canny.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:200])
+    with pytest.raises(ModelLoadError):
+        IrisPipeline.from_pretrained(folder)
+    gc.collect()
+    before = _rss_mb()
+    for _ in range(10):
+        with pytest.raises(ModelLoadError):
+            IrisPipeline.from_pretrained(folder)
+    gc.collect()
+    assert _rss_mb() - before < 50, (before, _rss_mb())
+
+
+def test_configs_asking_for_huge_models_are_refused_before_building(tmp_path, monkeypatch):
+    from iris.errors import ModelLoadError
+
+    cfg = json.loads(json.dumps(IrisPipeline.from_variant("nano").config.to_dict()))
+    cfg["generator"]["dim"] = 32768
+    cfg["generator"]["heads"] = 8
+    cfg["generator"]["afno_blocks"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    before = _rss_mb() if Path("/proc/self/status").is_file() else 0
+    with pytest.raises(ModelLoadError, match="over the limit"):
+        IrisPipeline.from_pretrained(tmp_path)
+    if before:
+        assert _rss_mb() - before < 200
+    monkeypatch.setenv("IRIS_MAX_PARAMETERS", "1000")
+    with pytest.raises(ModelLoadError, match="IRIS_MAX_PARAMETERS"):
+        IrisPipeline.from_variant("nano")
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelLoadError, match="nested"):
+        IrisPipeline.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int32"])
+def test_weights_with_nan_or_integer_tensors_are_refused(nano_pipe, tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    from iris.errors import ModelLoadError
+
+    folder = nano_pipe.save_pretrained(tmp_path / "m")
+    state = load_file(str(folder / "generator.safetensors"))
+    key = next(k for k, v in state.items() if v.dim() == 2)
+    if damage == "int32":
+        state[key] = state[key].to(torch.int32)
+    else:
+        state[key] = state[key].clone()
+        state[key][0, 0] = float(damage)
+    save_file(state, str(folder / "generator.safetensors"))
+    with pytest.raises(ModelLoadError, match="NaN or infinite" if damage != "int32" else "floating point"):
+        IrisPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("device", ["meta", "garbage", "cuda:99", "", "xla"])
+def test_unusable_devices_are_invalid_input(nano_pipe, device):
+    with pytest.raises(InvalidInputError, match="device|CUDA"):
+        IrisPipeline.from_variant("nano").to(device)

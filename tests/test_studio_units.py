@@ -189,6 +189,37 @@ def test_controls_from_params_keeps_types_and_skips_missing():
     assert metadata.controls_from_params(None, "inpaint") == [metadata.SKIP] * len(metadata.fields("inpaint"))
 
 
+@pytest.mark.parametrize("name,value", [("seed", 1e20), ("seed", 2**64), ("seed", -1), ("steps", 0), ("steps", 10**6),
+                                        ("guidance", float("nan")), ("guidance", "inf"), ("guidance", 99.0),
+                                        ("width", 10**9), ("strength", -0.5), ("seed", [1]), ("seed", {"a": 1}),
+                                        ("prompt", "\ud800"), ("prompt", 5), ("steps", True)])
+def test_restore_skips_values_outside_the_engines_limits(name, value):
+    task = "upscale" if name == "strength" else "generate"
+    values = dict(zip(metadata.fields(task), metadata.controls_from_params({name: value}, task)))
+    assert values[name] is metadata.SKIP
+
+
+def test_restore_keeps_long_seeds_exact_and_says_an():
+    values = dict(zip(metadata.fields("generate"), metadata.controls_from_params(
+        {"seed": "9223372036854775807", "steps": 3.0, "guidance": "2.5"}, "generate")))
+    assert values["seed"] == 2**63 - 1 and values["steps"] == 3 and values["guidance"] == 2.5
+    assert "an **inpaint** run" in metadata.describe({"task": "inpaint"})
+    assert "a **generate** run" in metadata.describe({"task": "<script>"})
+
+
+def test_settings_refuse_lone_surrogates_and_unknown_devices(tmp_path):
+    from iris_studio.settings import Settings
+
+    for bad in ({"negative_prompt": "\ud800"}, {"device": "meta"}, {"device": "garbage"}, {"device": "cuda:x"}):
+        with pytest.raises(ValueError):
+            Settings().updated(**bad)
+        path = tmp_path / "s.json"
+        path.write_text(json.dumps({**Settings().to_dict(), **bad}))
+        loaded, warning = load_settings(path)
+        assert warning and loaded == Settings()  # the bad field falls back, the studio starts
+    assert Settings().updated(device="cuda:1").device == "cuda:1"
+
+
 def test_read_png_params(tmp_path):
     from iris.pngmeta import save_png
 

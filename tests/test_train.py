@@ -454,6 +454,7 @@ t.close()
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_keeps_ranks_identical(tiny_model, image_folder, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
