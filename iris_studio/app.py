@@ -28,6 +28,7 @@ from .tabs import (
     IMAGE_TARGETS,
     TASK_TITLES,
     TaskTab,
+    readable_inputs,
     status_html,
     task_tab,
 )
@@ -482,6 +483,7 @@ class Studio:
             self._wire_tasks(demo, tabs, g)
             self._wire_gallery(g, tabs)
             self._wire_settings(s, header, notice)
+        readable_inputs(demo)
         return demo
 
     def _gallery_tab(self) -> dict[str, Any]:

@@ -37,6 +37,38 @@ DEFAULT_CONTROL_KINDS = ("canny", "scribble", "color", "depth", "pose")
 MAX_UI_ITERATIONS = 16
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def readable_inputs(blocks: gr.Blocks) -> None:
+    """Give every form control of `blocks` (sliders, numbers, menus, boxes) a one-line gr.Error for values
+    it cannot take through the API (text or None into a slider, a value off a menu, out of bounds), instead of
+    gradio's multi-line "Could not preprocess input component..." message and a console traceback."""
+    kinds = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.Checkbox, gr.CheckboxGroup, gr.Textbox)
+    for block in blocks.blocks.values():
+        if not isinstance(block, kinds) or getattr(block, "_iris_readable", False):
+            continue
+        inner, name = block.preprocess, str(block.label or block.elem_id or type(block).__name__).split(" (")[0]
+        wanted = {gr.Slider: "a number", gr.Number: "a number", gr.Checkbox: "true or false",
+                  gr.Textbox: "text"}.get(type(block), "one of the offered choices")
+
+        def preprocess(payload: Any, inner=inner, name=name, wanted=wanted) -> Any:
+            if payload is None and wanted in ("a number", "true or false"):
+                raise gr.Error(f"{name}: a value is required ({wanted})", print_exception=False)
+            try:
+                return inner(payload)
+            except Exception as err:  # noqa: BLE001 - gradio's own errors and the data model's alike
+                said = str(getattr(err, "message", "")).strip() if isinstance(err, gr.Error) else ""
+                detail = f" ({said.splitlines()[0][:120]})" if said else ""
+                message = f"{name} must be {wanted}, got {_shown(payload)}{detail}"
+                raise gr.Error(message, print_exception=False) from None
+
+        block.preprocess = preprocess
+        block._iris_readable = True
+
+
 def readable_upload(component: Any) -> Any:
     """Make an image input answer an upload gradio cannot decode (corrupt, truncated, empty, over PIL's pixel
     limit) with a one-line gr.Error instead of gradio's multi-line "Could not preprocess..." message.

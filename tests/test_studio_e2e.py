@@ -304,3 +304,23 @@ def test_foreign_host_headers_are_refused(studio):
             assert body.startswith(b"Invalid Host header") and len(body) < 200  # nothing of the app's
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}"):
         assert get("/", host)[0] == 200, host
+
+
+@pytest.mark.parametrize("bad", [
+    {"steps": "abc"}, {"steps": None}, {"guidance": "x"}, {"guidance": None}, {"seed": "nan"}, {"width": None},
+    {"iterations": [1]}, {"iterations": {"a": 1}}, {"sampler": "bogus"}, {"seed": 10**30}, {"height": "tall"},
+    {"steps": 10**9}, {"guidance": -5}, {"seed": "12abc"},
+])
+def test_bad_api_values_get_one_line_messages(studio, bad):
+    """Text or None into sliders, values off a menu or out of bounds: one readable line naming the control."""
+    from gradio_client.exceptions import AppError
+
+    _, client = studio
+    args = {**BUDGET, "prompt": "a cat", "seed": 1, "steps": 1, "iterations": 1, "width": 64, "height": 64, **bad}
+    with pytest.raises(AppError) as info:
+        client.predict(api_name="/generate", **args)
+    message = str(info.value)
+    assert "\n" not in message.strip() and "Could not preprocess" not in message
+    assert "Something went wrong" not in message
+    name = next(iter(bad))
+    assert name.split("_")[0] in message.lower() or "prompt" in message.lower(), message
