@@ -827,7 +827,7 @@ def launch(
 
     from iris.inputs import MAX_PIXELS
 
-    from .hosts import HostCheck
+    from .hosts import RequestGuard, parse_size
     from .hosts import allowed_hosts as hosts_for
 
     # gradio decodes uploads with PIL before a handler runs: PIL refuses images over 2 x MAX_IMAGE_PIXELS
@@ -845,7 +845,8 @@ def launch(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         ssr_mode=False,
-        app_kwargs={"middleware": [Middleware(HostCheck, allowed=hosts_for(host, share, allowed_hosts))]},
+        app_kwargs={"middleware": [Middleware(RequestGuard, allowed=hosts_for(host, share, allowed_hosts),
+                                              max_body=parse_size(max_file_size) + (1 << 20))]},
     )
     if GRADIO_6:
         kwargs.update(theme=theme_object(studio.settings.theme), css=CSS)

@@ -1,18 +1,27 @@
-"""Which `Host` headers the studio answers: a guard against DNS rebinding.
+"""What the studio's server answers, before gradio sees a request: host names, origins, body sizes, logins.
 
-A web page can make its own host name resolve to 127.0.0.1 and then call the studio as a "same-origin"
-site. Its requests still carry that foreign name in `Host`, so a studio bound to the loopback interface
-answers only loopback names (and any the user names with `--allowed-hosts`). Listening on the network
-(`--host 0.0.0.0`) or sharing (`--share`) is the user's opt-in to other names; `--allowed-hosts` narrows
-those too.
+- **Host** (DNS rebinding): a page can make its own name resolve to 127.0.0.1 and call the studio as a
+  "same-origin" site; its requests still carry that name in `Host`. A studio bound to the loopback interface
+  answers loopback names only (and those named with `--allowed-hosts`). Listening on the network
+  (`--host 0.0.0.0`) or sharing (`--share`) is the user's opt-in to other names; `--allowed-hosts` narrows
+  those too.
+- **Origin** (cross-site requests): a browser page of another site may send simple requests (a multipart
+  upload, a form post) without asking first. A request whose `Origin` names a host that is not allowed is
+  refused.
+- **Body size**: uploads over `max_body` bytes and other bodies over 5 MB (by their Content-Length) are refused.
+- **Logins**: at most `login_attempts` tries per client address per minute.
 """
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_JSON_BODY = 5 << 20  # API calls carry file paths, not files: their bodies are small
 
 
 def host_name(header: str) -> str:
@@ -37,24 +46,62 @@ def allowed_hosts(bind: str, share: bool = False, extra: Iterable[str] = ()) -> 
     return None
 
 
-class HostCheck:
-    """ASGI middleware: requests (HTTP and websocket) whose Host is not allowed get 400 and reach nothing."""
+def parse_size(text: str) -> int:
+    """"25mb" -> 26214400 (b, kb, mb, gb; binary multiples)."""
+    t = text.strip().lower()
+    for unit, factor in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)):
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * factor)
+    return int(float(t))
 
-    def __init__(self, app: Callable[..., Awaitable[Any]], allowed: frozenset[str] | None):
-        self.app, self.allowed = app, allowed
+
+class RequestGuard:
+    """ASGI middleware applying the rules above; a refused request gets a short plain-text answer (400, 403,
+    413 or 429) and reaches nothing of the app."""
+
+    def __init__(self, app: Callable[..., Awaitable[Any]], allowed: frozenset[str] | None, max_body: int,
+                 login_attempts: int = 10):
+        self.app, self.allowed, self.max_body, self.login_attempts = app, allowed, max_body, login_attempts
+        self._logins: dict[str, deque[float]] = defaultdict(deque)
+
+    def refusal(self, scope: dict[str, Any]) -> tuple[int, str] | None:
+        headers = {k.lower(): v for k, v in (scope.get("headers") or [])}
+        if self.allowed is not None:
+            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed:
+                return 400, "Invalid Host header: this studio answers only the host names it was started for."
+            origin = headers.get(b"origin", b"").decode("latin-1").strip()
+            if origin and origin != "null" and host_name(urlsplit(origin).netloc) not in self.allowed:
+                return 403, "Cross-site request refused: the page asking is not this studio's."
+            if origin == "null":
+                return 403, "Cross-site request refused: the page asking has no origin."
+        length = headers.get(b"content-length", b"0").decode("latin-1").strip() or "0"
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.max_body if upload else min(self.max_body, MAX_JSON_BODY)
+        if not length.isdigit() or int(length) > limit:
+            return 413, f"Request too large: the limit is {limit / (1 << 20):g} MB."
+        if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/login"):
+            client = (scope.get("client") or ("?", 0))[0]
+            now, tries = time.monotonic(), self._logins[client]
+            while tries and now - tries[0] > 60:
+                tries.popleft()
+            if len(tries) >= self.login_attempts:
+                return 429, "Too many login attempts: wait a minute and try again."
+            tries.append(now)
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if self.allowed is None or scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        host = host_name(headers.get(b"host", b"").decode("latin-1"))
-        if host in self.allowed:
+        refused = self.refusal(scope)
+        if refused is None:
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return None
-        body = b"Invalid Host header: this studio answers only the host names it was started for.\n"
-        await send({"type": "http.response.start", "status": 400,
+        status, text = refused
+        body = (text + "\n").encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -306,6 +306,55 @@ def test_foreign_host_headers_are_refused(studio):
         assert get("/", host)[0] == 200, host
 
 
+def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("POST", path, body=body, headers={"Host": f"127.0.0.1:{port}", **headers})
+    r = conn.getresponse()
+    out = r.read()
+    conn.close()
+    return r.status, out
+
+
+def test_cross_site_uploads_and_oversized_bodies_are_refused(studio):
+    app, _ = studio
+    files = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n" + b"0" * 1000
+    multipart = {"Content-Type": "multipart/form-data; boundary=x"}
+    status, body = _post(app.port, "/gradio_api/upload", files + b"\r\n--x--\r\n",
+                         {**multipart, "Origin": "http://evil.example"})
+    assert status == 403 and b"Cross-site" in body
+    assert _post(app.port, "/gradio_api/upload", files + b"\r\n--x--\r\n", {**multipart, "Origin": "null"})[0] == 403
+    own = f"http://127.0.0.1:{app.port}"
+    assert _post(app.port, "/gradio_api/upload", files + b"\r\n--x--\r\n", {**multipart, "Origin": own})[0] == 200
+    big_json = b'{"data": ["' + b"x" * (6 << 20) + b'"]}'
+    status, body = _post(app.port, "/gradio_api/call/generate", big_json, {"Content-Type": "application/json"})
+    assert status == 413 and b"too large" in body
+    huge = {**multipart, "Content-Length": str(200 << 20)}
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=20)
+    conn.putrequest("POST", "/gradio_api/upload", skip_host=True)
+    conn.putheader("Host", f"127.0.0.1:{app.port}")
+    for k, v in huge.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    assert conn.getresponse().status == 413  # refused from the header, before any byte of the body
+    conn.close()
+
+
+def test_login_attempts_are_throttled():
+    from iris_studio.hosts import RequestGuard
+
+    guard = RequestGuard(app=None, allowed=frozenset({"127.0.0.1"}), max_body=1 << 20, login_attempts=3)
+    scope = {"type": "http", "path": "/login", "client": ("10.0.0.1", 5), "headers": [(b"host", b"127.0.0.1")]}
+    assert [guard.refusal(scope) for _ in range(3)] == [None] * 3
+    assert guard.refusal(scope)[0] == 429
+    other = {**scope, "client": ("10.0.0.2", 5)}
+    assert guard.refusal(other) is None
+    assert guard.refusal({**scope, "path": "/config"}) is None  # other routes are not counted
+
+
 @pytest.mark.parametrize("bad", [
     {"steps": "abc"}, {"steps": None}, {"guidance": "x"}, {"guidance": None}, {"seed": "nan"}, {"width": None},
     {"iterations": [1]}, {"iterations": {"a": 1}}, {"sampler": "bogus"}, {"seed": 10**30}, {"height": "tall"},
