@@ -110,6 +110,11 @@ def open_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
     Refuses corrupt, truncated, empty and over-large files with `InvalidInputError`. Alpha is composited
     on white; 16-bit, CMYK, palette and greyscale images are converted.
     """
+    return to_rgb(read_image(source, max_pixels))
+
+
+def read_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Like `open_image`, but in the image's own mode (alpha and 16-bit values kept)."""
     if source is None:
         raise InvalidInputError("no image given")
     if isinstance(source, Image.Image):
@@ -135,7 +140,7 @@ def open_image(source: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise InvalidInputError(f"image is {image.width}x{image.height}; the limit is {max_pixels:,} pixels")
     if image.width < 1 or image.height < 1:
         raise InvalidInputError("image is empty")
-    return to_rgb(image)
+    return image
 
 
 def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
@@ -158,6 +163,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
     a = np.asarray(array)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise InvalidInputError(f"image array must be HxW, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise InvalidInputError(f"image array must hold numbers, got dtype {a.dtype}")
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
         a = a * 255.0 if a.size and a.max() <= 1.0 else a
@@ -195,9 +202,9 @@ def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
     elif isinstance(source, np.ndarray):
         mask = _from_array(source.astype(np.uint8) * 255 if source.dtype == bool else source)
     else:
-        mask = open_image(source) if source is not None else None
-        if mask is None:
+        if source is None:
             raise InvalidInputError("no mask given")
+        mask = read_image(source)  # in its own mode: an alpha-only mask keeps its alpha
     if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1] != (255, 255):
         gray = mask.getchannel("A")
     else:

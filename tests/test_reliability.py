@@ -489,3 +489,22 @@ def test_weights_with_nan_or_integer_tensors_are_refused(nano_pipe, tmp_path, da
 def test_unusable_devices_are_invalid_input(nano_pipe, device):
     with pytest.raises(InvalidInputError, match="device|CUDA"):
         IrisPipeline.from_variant("nano").to(device)
+
+
+def test_alpha_only_mask_files_keep_their_alpha(tmp_path):
+    a = np.zeros((32, 48, 4), np.uint8)
+    a[8:24, 8:24, 3] = 255  # black everywhere; the region is in the alpha channel only
+    Image.fromarray(a, "RGBA").save(tmp_path / "alpha.png")
+    mask = np.asarray(open_mask(tmp_path / "alpha.png", (48, 32)))
+    assert mask[8:24, 8:24].min() == 255 and mask.sum() == 255 * 16 * 16
+    la = Image.fromarray(a[..., 3], "L").convert("LA")
+    la.putalpha(Image.fromarray(a[..., 3]))
+    la.save(tmp_path / "la.png")
+    assert np.asarray(open_mask(tmp_path / "la.png", (48, 32))).sum() == 255 * 16 * 16
+
+
+@pytest.mark.parametrize("array", [np.array([[object()] * 4] * 4, dtype=object), np.array([["a"] * 4] * 4),
+                                   np.zeros((4, 4), complex)])
+def test_arrays_of_non_numbers_are_invalid_input(nano_pipe, array):
+    with pytest.raises(InvalidInputError, match="numbers"):
+        open_image(array)
