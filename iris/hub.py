@@ -15,16 +15,18 @@ from torch import nn
 from .errors import HubOfflineError, ModelLoadError
 
 DEMO_MODEL_NAME = "iris-nano-emoji"
+FAST_MODEL_NAME = "iris-nano-emoji-fast"  # the demo model's distilled student: 1-4 steps, no guidance
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def demo_model_path() -> Path:
-    """The bundled demo model folder (IRIS_DEMO_MODEL overrides it)."""
-    env = os.environ.get("IRIS_DEMO_MODEL")
+def demo_model_path(fast: bool = False) -> Path:
+    """The bundled demo model folder (IRIS_DEMO_MODEL overrides it), or with `fast` its distilled student
+    (IRIS_FAST_MODEL overrides that)."""
+    env = os.environ.get("IRIS_FAST_MODEL" if fast else "IRIS_DEMO_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "assets" / "models" / DEMO_MODEL_NAME
+    return Path(__file__).resolve().parent.parent / "assets" / "models" / (FAST_MODEL_NAME if fast else DEMO_MODEL_NAME)
 
 
 def hub_offline() -> bool:

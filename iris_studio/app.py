@@ -18,7 +18,7 @@ import gradio as gr
 from iris import limits
 
 from . import metadata
-from .engine import TASKS, Engine, is_variant
+from .engine import FAST, TASKS, Engine, is_variant
 from .gallery import Gallery
 from .masks import binarize, editor_composite, editor_image, editor_mask, is_blank
 from .settings import THEMES, Settings, save_settings, settings_path
@@ -45,7 +45,8 @@ IMAGE_INPUT_NAMES = {
     "upscale": ("image",),
     "control": ("control_image",),
 }
-MODEL_SOURCES = ("Bundled demo", "Local folder", "Hub id", "Random weights")
+MODEL_SOURCES = ("Bundled demo", "Bundled fast (distilled)", "Local folder", "Hub id", "Random weights")
+MODES = ("Quality", "⚡ Fast")  # the bundled demo model, or its distilled student
 
 
 def theme_object(name: str) -> Any:
@@ -124,7 +125,8 @@ class Studio:
         kind = "random weights" if info.random_weights else info.source
         return (
             f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{info.name}</b> ({kind}) · "
-            f"{info.parameters / 1e6:.1f}M parameters · {info.resolution}px · {self.engine.device}</p></div>"
+            f"{info.generator_parameters / 1e6:.1f}M-parameter generator ({info.parameters / 1e6:.1f}M with the "
+            f"VAE and text encoder) · {info.resolution}px · {self.engine.device}</p></div>"
         )
 
     def notice_md(self) -> str:
@@ -378,6 +380,8 @@ class Studio:
         location = (location or "").strip()
         if source == "Bundled demo":
             spec = "demo"
+        elif source == "Bundled fast (distilled)":
+            spec = FAST
         elif source == "Random weights":
             spec = variant or "nano"
         else:
@@ -467,7 +471,19 @@ class Studio:
         if not GRADIO_6:
             blocks_kwargs.update(theme=theme_object(self.settings.theme), css=CSS)
         with gr.Blocks(**blocks_kwargs) as demo:
-            header = gr.HTML(self.header_md())
+            with gr.Row(equal_height=True):
+                header = gr.HTML(self.header_md())
+                mode = gr.Radio(
+                    list(MODES),
+                    value=MODES[1] if self.engine.spec == FAST else MODES[0],
+                    label="Model",
+                    info="Fast: the distilled student, 1-4 steps without guidance; it trades some fidelity "
+                    "for several times the speed",
+                    visible=fast_model_installed() and self.engine.spec in ("demo", "", FAST),
+                    scale=0,
+                    min_width=260,
+                    elem_id="iris-mode",
+                )
             notice_text = self.notice_md()
             notice = gr.Markdown(
                 notice_text, visible=bool(notice_text), elem_classes=["iris-notice"], elem_id="iris-notice"
@@ -483,8 +499,31 @@ class Studio:
             self._wire_tasks(demo, tabs, g)
             self._wire_gallery(g, tabs)
             self._wire_settings(s, header, notice)
+            budget_controls = [tab.controls[k] for tab in self.tabs.values()
+                               for k in ("steps", "iterations", "guidance", "sampler")]
+            mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
+                        concurrency_limit=1, concurrency_id=RUN_GROUP)
         readable_inputs(demo)
         return demo
+
+    def switch_mode(self, mode: str) -> list[Any]:
+        """Load the bundled model of `mode` ("Quality" or "⚡ Fast") and set every tab's budget to its defaults."""
+        spec = FAST if mode == MODES[1] else "demo"
+        if spec != self.engine.spec:
+            try:
+                self.engine.load(spec, self.engine.device)
+            except Exception as err:  # noqa: BLE001
+                raise user_error(err) from None
+            self.settings = self.settings.updated(model=spec)
+            try:
+                save_settings(self.settings, self.settings_file)
+            except OSError as err:
+                gr.Warning(f"Model switched, but the settings could not be saved: {err}")
+        d = self.engine.info.defaults
+        values = [gr.update(value=d["steps"]), gr.update(value=d["iterations"]), gr.update(value=d["guidance"]),
+                  gr.update(value=d["sampler"])]
+        notice = self.notice_md()
+        return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *(values * len(self.tabs))]
 
     def _gallery_tab(self) -> dict[str, Any]:
         items, files = self.gallery_items()
@@ -520,6 +559,8 @@ class Studio:
         source = (
             "Bundled demo"
             if spec in ("demo", "")
+            else "Bundled fast (distilled)"
+            if spec == FAST
             else "Random weights"
             if is_variant(spec)
             else "Local folder"
@@ -803,6 +844,12 @@ def build_app(
     demo = studio.build()
     demo.studio = studio  # type: ignore[attr-defined]
     return demo
+
+
+def fast_model_installed() -> bool:
+    from iris.hub import demo_model_path
+
+    return (demo_model_path(fast=True) / "config.json").is_file()
 
 
 def launch(

@@ -20,6 +20,7 @@ from iris.limits import PREVIEW_FRACTION
 
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
+FAST = "fast"  # the bundled demo model's distilled student
 
 
 @dataclass
@@ -32,10 +33,11 @@ class ModelInfo:
     latent_factor: int
     max_iterations: int
     core_layers: int
-    parameters: int
+    parameters: int  # every part: generator, VAE, text encoder, adapters
     random_weights: bool
     defaults: dict[str, Any] = field(default_factory=dict)
     adapters: list[str] = field(default_factory=list)
+    generator_parameters: int = 0
 
     @property
     def control_kinds(self) -> list[str]:
@@ -97,6 +99,13 @@ class Engine:
                     "Pick a trained model under Settings → Model."
                 )
             return IrisPipeline.from_pretrained(None, device=device), None
+        if spec.lower() == FAST:
+            folder = demo_model_path(fast=True)
+            if not (folder / "config.json").is_file():
+                from iris.errors import ModelLoadError
+
+                raise ModelLoadError(f"the fast (distilled) demo model is not installed ({folder})")
+            return IrisPipeline.from_pretrained(folder, device=device), None
         if is_variant(spec):
             pipe = IrisPipeline.from_variant(spec).to(device)
             return pipe, (
@@ -144,6 +153,7 @@ class Engine:
             max_iterations=int(cfg.generator.max_iterations),
             core_layers=int(cfg.generator.core_layers),
             parameters=int(sum(pipe.num_parameters().values())),
+            generator_parameters=int(pipe.num_parameters()["generator"]),
             random_weights=str(pipe.source).startswith("random:"),
             defaults={
                 "steps": s.steps,

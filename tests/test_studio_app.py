@@ -135,3 +135,32 @@ def test_gallery_select_and_save_settings(studio):
     assert warning is None and (settings.steps, settings.iterations, settings.theme) == (3, 5, "glass")
     with pytest.raises(gr.Error):
         studio.save_settings("", 0, 5, 2.0, 0, 0, True, 50, 0.2, "glass", 0.5, 0.3, 2, 16)
+
+
+def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, monkeypatch):
+    """The header's Model switch loads the distilled student (or back) and sets every tab's budget to the loaded
+    model's defaults (consistency sampler, no guidance); the choice is saved."""
+    from iris import IrisPipeline, variant_config
+
+    def folder(name: str, **sampler) -> str:
+        cfg = variant_config("nano")
+        for k, v in sampler.items():
+            setattr(cfg.sampler, k, v)
+        cfg.name = name
+        return str(IrisPipeline.from_config(cfg, seed=0).save_pretrained(tmp_path / name))
+
+    monkeypatch.setenv("IRIS_DEMO_MODEL", folder("teacher", steps=4, iterations=8, guidance=3.0, sampler="euler"))
+    monkeypatch.setenv("IRIS_FAST_MODEL", folder("student", steps=2, iterations=4, guidance=1.0, sampler="consistency"))
+    engine = Engine("demo")
+    engine.load()
+    settings_file = tmp_path / "cfg" / "settings.json"
+    studio = build_app(engine, Settings(), Gallery(tmp_path / "out"), settings_file=settings_file).studio
+    out = studio.switch_mode("⚡ Fast")
+    assert engine.spec == "fast" and engine.info.name == "student" and "student" in out[0]
+    budgets = out[2:]
+    assert len(budgets) == 4 * len(studio.tabs)
+    assert [b["value"] for b in budgets[:4]] == [2, 4, 1.0, "consistency"]
+    assert load_settings(settings_file)[0].model == "fast"
+    back = studio.switch_mode("Quality")
+    assert engine.spec == "demo" and [b["value"] for b in back[2:6]] == [4, 8, 3.0, "euler"]
+    assert "M-parameter generator" in studio.header_md()
