@@ -5,6 +5,7 @@
     iris info --model small
     iris edit photo.png "a cat face on a green background" --strength 0.6
     iris inpaint photo.png mask.png "a rocket"
+    iris grid "a red apple on a blue background"      # the same seed across budgets, labelled
     iris upscale small.png --scale 2
     iris control edges.png "a sun on a purple background" --kind canny
 """
@@ -150,6 +151,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import budget_grid
+    from .pngmeta import save_png
+
+    pipe = _task_pipeline(args)
+
+    def shown(cell, index: int, total: int) -> None:
+        if not args.quiet:
+            print(f"\r{index + 1}/{total} {cell.label}        ", end="", file=sys.stderr)
+
+    grid = budget_grid(pipe, args.prompt, iterations=args.grid_iterations, steps=args.grid_steps, seed=args.seed,
+                       negative_prompt=args.negative, guidance=args.guidance, sampler=args.sampler, on_cell=shown)
+    out = save_png(grid.image, Path(args.output or f"grid-{args.seed}.png"), grid.params)
+    if not args.quiet:
+        print(file=sys.stderr)
+    total = sum(c.seconds for c in grid.cells)
+    print(f"wrote {out} ({len(grid.cells)} budgets, {total:.1f}s)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, file_sizes
 
@@ -227,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     _budget_args(p)
     p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("grid", help="one prompt and seed across a grid of budgets, labelled with times and NFE")
+    p.add_argument("prompt")
+    p.add_argument("--grid-iterations", default="1,2,4,8,16", help="core iterations across (comma-separated)")
+    p.add_argument("--grid-steps", default="1,2,4,8", help="sampler steps down (comma-separated)")
+    _budget_args(p)
+    p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("export", help="export to ONNX for mobile and edge runtimes (needs the onnx extra)")
     p.add_argument("out_dir")

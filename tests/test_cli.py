@@ -214,3 +214,25 @@ def test_full_disk_in_process_removes_the_temp_file(tmp_path, monkeypatch):
     code = cli.main(["generate", "x", *FAST, "--width", "16", "--height", "16", "-q", "-o", str(tmp_path / "a.png")])
     assert code == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_grid_writes_a_labelled_png_with_every_cell(tmp_path):
+    from iris.pngmeta import read_params
+
+    out = tmp_path / "grid.png"
+    proc = iris("grid", "a cat", "--model", "nano", "--grid-iterations", "1,2", "--grid-steps", "1", "-o", str(out),
+                "--seed", "3", "-q")
+    assert proc.returncode == 0, proc.stderr
+    params = read_params(out)
+    assert params["task"] == "grid" and params["seed"] == 3 and len(params["cells"]) == 2
+    assert Image.open(out).size == (48 + 2 * 160, 48 + 160 + 16)
+    assert_one_line_error(iris("grid", "a cat", "--model", "nano", "--grid-steps", "0", "-q"), contains="steps")
+
+
+@pytest.mark.parametrize("args,contains", [
+    (["generate", "x", "--model", "nano", "--device", "garbage"], "device"),
+    (["generate", "x", "--model", "nano", "--device", "meta"], "device"),
+    (["generate", "\udcff\udcfe", "--model", "nano"], "not valid Unicode"),
+])
+def test_devices_and_undecodable_prompts_give_one_line_errors(args, contains):
+    assert_one_line_error(iris(*args, "-q"), contains=contains)
