@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -114,7 +112,7 @@ def test_preprocess_dispatch_and_pass_through():
     assert ctl.CONTROL_KINDS == CONTROL_KINDS
 
 
-def test_preprocess_tensor_matches_pil_and_is_fast():
+def test_preprocess_tensor_matches_pil_image_by_image():
     rng = np.random.default_rng(1)
     noise = [(rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(8)]
     images = [Image.fromarray(a).resize((128, 128)) for a in noise]
@@ -125,13 +123,10 @@ def test_preprocess_tensor_matches_pil_and_is_fast():
         assert out.min() >= -1 and out.max() <= 1
         pil = ctl.preprocess(kind, images[3])
         assert np.array_equal(np.asarray(tensor_to_pil(out[3:4])[0]), np.asarray(pil))
-    big = batch.repeat(2, 1, 1, 1)
-    ctl.preprocess_tensor("scribble", big[:2])
-    for kind in ("canny", "scribble", "color"):
-        t0 = time.perf_counter()
-        ctl.preprocess_tensor(kind, big)
-        per_image = (time.perf_counter() - t0) / len(big)
-        assert per_image < 0.02, f"{kind}: {1000 * per_image:.1f} ms per 128 px image"
+    for kind in ("canny", "scribble", "color"):  # a batch is processed image by image, never mixed
+        whole = ctl.preprocess_tensor(kind, batch)
+        for i in (0, 5):
+            assert torch.equal(whole[i : i + 1], ctl.preprocess_tensor(kind, batch[i : i + 1]))
     with pytest.raises(InvalidInputError):
         ctl.preprocess_tensor("canny", torch.zeros(3, 8, 8))
 

@@ -96,16 +96,22 @@ def test_broken_files_raise_invalid_input(nano_pipe, tmp_path, name, as_path):
 
 
 @pytest.mark.parametrize("size", [(50_000, 50_000), (7_000, 7_000), (1_000_000, 64)])
-def test_decompression_bomb_is_refused_from_the_header(tmp_path, size):
+def test_decompression_bomb_is_refused_from_the_header(tmp_path, size, monkeypatch):
     data = bomb_png(*size)
     assert len(data) < 2000
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("the pixels of a bomb were decoded")
+
+    from PIL import ImageFile
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)  # refused from the header, never decoded
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     for source in (data, path):
-        start = time.perf_counter()
         with pytest.raises(InvalidInputError) as err:
             open_image(source)
-        assert time.perf_counter() - start < 1.0  # refused from the header, never decoded
         assert "limit" in str(err.value)
         if size[0] * size[1] < 2 * Image.MAX_IMAGE_PIXELS:  # below PIL's own bomb error: our limit and message
             assert f"{size[0]}x{size[1]}" in str(err.value) and f"{MAX_PIXELS:,}" in str(err.value)
