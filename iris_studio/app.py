@@ -18,7 +18,7 @@ import gradio as gr
 from iris import limits
 
 from . import metadata
-from .engine import FAST, TASKS, Engine, is_variant
+from .engine import FAST, GRID, TASKS, Engine, is_variant
 from .gallery import Gallery
 from .masks import binarize, editor_composite, editor_image, editor_mask, is_blank
 from .settings import THEMES, Settings, save_settings, settings_path
@@ -258,6 +258,41 @@ class Studio:
                 else:
                     text = f"Stopped at {up.label} after {up.elapsed:.1f} s. Ready."
                     yield (preview, status_html(up.progress, text, "cancelled"), skip, skip) + tail
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+
+    def run_grid(self, prompt: str, negative_prompt: str, seed: Any, guidance: float, sampler: str, width: Any,
+                 height: Any, grid_iterations: str, grid_steps: str):
+        """The budget grid of the Generate tab: streams the grid picture as its cells finish, then saves it to
+        the gallery with every cell's budget, time and NFE. Yields (grid image, status)."""
+        from iris.grid import compose, parse_list
+
+        try:
+            its, sts = parse_list(grid_iterations or "", "iterations"), parse_list(grid_steps or "", "steps")
+            kwargs = self.task_kwargs("generate", [], {"prompt": prompt, "negative_prompt": negative_prompt,
+                                                       "seed": seed, "guidance": guidance, "sampler": sampler,
+                                                       "width": width, "height": height})
+        except Exception as err:  # noqa: BLE001
+            raise user_error(err) from None
+        for key in ("steps", "iterations"):
+            kwargs.pop(key, None)
+        kwargs.update(iterations=its, steps=sts)
+        cells: list[Any] = [None] * (len(its) * len(sts))
+        yield compose(cells, sts, its), status_html(0.0, f"Rendering {len(cells)} budgets…")
+        try:
+            for up in self.engine.run(GRID, kwargs, interval=0.0, preview_fraction=0.0):
+                if up.kind == "cell":
+                    cells[int(round(up.progress * len(cells))) - 1] = up.result
+                    text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s"
+                    yield compose(cells, sts, its), status_html(up.progress, text)
+                elif up.kind == "done":
+                    grid = up.result
+                    path = self.gallery.add(grid.image, grid.params)
+                    total = sum(c.seconds for c in grid.cells)
+                    yield grid.image, status_html(1.0, f"{len(grid.cells)} budgets in {total:.1f} s · seed "
+                                                       f"{grid.params.get('seed')} · saved {path.name}", "done")
+                elif up.kind == "cancelled":
+                    yield gr.skip(), status_html(up.progress, f"Stopped after {up.elapsed:.1f} s. Ready.", "cancelled")
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
 
@@ -635,6 +670,18 @@ class Studio:
             outputs = [tab.preview, tab.status, tab.result, tab.params]
             if task == "inpaint":
                 outputs.append(tab.extra["mask_view"])
+            if task == "generate":
+                c, x = tab.controls, tab.extra
+                x["grid_run"].click(
+                    self.run_grid,
+                    [c["prompt"], c["negative_prompt"], c["seed"], c["guidance"], c["sampler"], c["width"],
+                     c["height"], x["grid_iterations"], x["grid_steps"]],
+                    [x["grid_image"], x["grid_status"]],
+                    api_name="grid",
+                    concurrency_limit=1,
+                    concurrency_id=RUN_GROUP,
+                    show_progress="hidden",
+                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
             inputs = tab.inputs()
             has_size = "width" in tab.controls
             budget_inputs = [

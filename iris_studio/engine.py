@@ -21,6 +21,7 @@ from iris.limits import PREVIEW_FRACTION
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
 FAST = "fast"  # the bundled demo model's distilled student
+GRID = "grid"  # the budget grid (iris.grid): one prompt and seed across budgets
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ModelInfo:
 class Update:
     """One message of a run: a preview (maybe without a new image), the result, or the cancellation."""
 
-    kind: str  # "preview" | "done" | "cancelled"
+    kind: str  # "preview" | "cell" (a budget-grid cell, in `result`) | "done" | "cancelled"
     label: str = ""
     progress: float = 0.0
     elapsed: float = 0.0
@@ -221,16 +222,22 @@ class Engine:
         A `background` run (the warm-up) gives way: any other run stops it."""
         from iris.errors import GenerationCancelled
 
-        if task not in TASKS:
+        if task not in (*TASKS, GRID):
             raise ValueError(f"unknown task {task!r}")
         pipe = self.pipe
-        fn = getattr(pipe, task, None)
+        flag = threading.Event()
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        if task == GRID:  # every budget of a grid in turn; each finished cell is streamed as a "cell" update
+            from iris.grid import budget_grid
+
+            kwargs = {**kwargs, "on_cell": lambda cell, index, total: events.put(("cell", (cell, index, total)))}
+            fn = lambda **kw: budget_grid(pipe, **kw)  # noqa: E731
+        else:
+            fn = getattr(pipe, task, None)
         if fn is None:
             from iris.errors import IrisError
 
             raise IrisError(f"this engine version has no {task} task")
-        flag = threading.Event()
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
         def on_preview(event: Any) -> None:
             if flag.is_set():
@@ -256,10 +263,12 @@ class Engine:
             self._active.add(flag)
             if background:
                 self._background.add(flag)
-        steps = int(kwargs.get("steps") or self.info.defaults["steps"])
-        iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
         sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
-        expected = pipe.cost(steps, iterations, kwargs.get("guidance"), sampler).calls * iterations
+        steps, iterations, expected = 0, 0, 0  # a grid's progress comes from its cells
+        if task != GRID:
+            steps = int(kwargs.get("steps") or self.info.defaults["steps"])
+            iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
+            expected = pipe.cost(steps, iterations, kwargs.get("guidance"), sampler).calls * iterations
         thread = threading.Thread(target=work, name=f"iris-{task}", daemon=True)
         start = time.perf_counter()
         thread.start()
@@ -271,6 +280,11 @@ class Engine:
             last = None
             while True:
                 kind, payload = events.get()
+                if kind == "cell":
+                    cell, index, total = payload
+                    yield Update("cell", label=cell.label, progress=(index + 1) / total,
+                                 elapsed=time.perf_counter() - start, result=cell, previews=count)
+                    continue
                 if kind == "preview":
                     count += 1
                     last = payload

@@ -15,6 +15,8 @@ from typing import Any
 import gradio as gr
 
 from iris import SAMPLERS, limits
+from iris.grid import DEFAULT_ITERATIONS as DEFAULT_GRID_ITERATIONS
+from iris.grid import DEFAULT_STEPS as DEFAULT_GRID_STEPS
 
 from .metadata import fields
 
@@ -388,6 +390,24 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     height=200,
                     elem_id="inpaint-mask-used",
                 )
+            if task == "generate":
+                with gr.Accordion("▦ Budget grid: this prompt and seed across budgets", open=False,
+                                  elem_id="grid-panel"):
+                    with gr.Row():
+                        extra["grid_iterations"] = gr.Textbox(
+                            value=",".join(map(str, DEFAULT_GRID_ITERATIONS)), label="Core iterations (across)",
+                            elem_id="grid-iterations",
+                        )
+                        extra["grid_steps"] = gr.Textbox(
+                            value=",".join(map(str, DEFAULT_GRID_STEPS)), label="Steps (down)",
+                            elem_id="grid-steps",
+                        )
+                        extra["grid_run"] = gr.Button("Render grid", variant="secondary", elem_id="grid-run")
+                    extra["grid_image"] = gr.Image(
+                        label="Budget grid (each cell: time and NFE)", type="pil", format="png", interactive=False,
+                        elem_id="grid-image",
+                    )
+                    extra["grid_status"] = gr.HTML(idle_status(), elem_id="grid-status")
             if task == "control":
                 extra["control_preview"] = gr.Image(
                     label="Preprocessor preview",

@@ -164,3 +164,16 @@ def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, 
     back = studio.switch_mode("Quality")
     assert engine.spec == "demo" and [b["value"] for b in back[2:6]] == [4, 8, 3.0, "euler"]
     assert "M-parameter generator" in studio.header_md()
+
+
+def test_budget_grid_streams_its_cells_and_lands_in_the_gallery(studio):
+    outputs = list(studio.run_grid("a cat", "", 4, 2.0, "euler", 64, 64, "1,2", "1,2"))
+    assert "Rendering 4 budgets" in outputs[0][1]
+    grids = [o[0] for o in outputs if isinstance(o[0], Image.Image)]
+    assert len(grids) == 6  # the empty grid, one per finished cell, the final labelled grid
+    assert len({g.size for g in grids}) == 1
+    assert 'data-state="done"' in outputs[-1][1] and "4 budgets" in outputs[-1][1]
+    newest = studio.gallery.entries()[0]
+    assert newest.task == "grid" and newest.params["seed"] == 4 and len(newest.params["cells"]) == 4
+    with pytest.raises(gr.Error, match="steps"):
+        list(studio.run_grid("a cat", "", 4, 2.0, "euler", 64, 64, "1,2", "0"))
