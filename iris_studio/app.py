@@ -499,6 +499,15 @@ class Studio:
     def get_settings(self) -> dict[str, Any]:
         return self.settings.to_dict()
 
+    SETTINGS_FIELDS = ("negative_prompt", "steps", "iterations", "guidance", "width", "height", "live",
+                       "preview_interval_ms", "preview_cost", "theme", "edit_strength", "upscale_strength",
+                       "mask_blur", "padding")
+
+    def settings_values(self) -> list[Any]:
+        """The Settings tab's values from the settings in effect (in SETTINGS_FIELDS order)."""
+        data = self.settings.to_dict()
+        return [data[k] for k in self.SETTINGS_FIELDS]
+
     # ---------------------------------------------------------------------------------------- build
     def build(self) -> gr.Blocks:
         info = self.engine.info
@@ -538,6 +547,9 @@ class Studio:
                                for k in ("steps", "iterations", "guidance", "sampler")]
             mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
                         concurrency_limit=1, concurrency_id=RUN_GROUP)
+            # a reloaded page shows what is saved now, not what was saved when the app was built
+            demo.load(self.settings_values, None, self._settings_inputs, queue=False, **PRIVATE)
+            demo.load(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
         readable_inputs(demo)
         return demo
 
@@ -847,28 +859,11 @@ class Studio:
             concurrency_limit=1,
             concurrency_id=RUN_GROUP,
         )
-        fields_in = [
-            s[k]
-            for k in (
-                "negative_prompt",
-                "steps",
-                "iterations",
-                "guidance",
-                "width",
-                "height",
-                "live",
-                "preview_interval_ms",
-                "preview_cost",
-                "theme",
-                "edit_strength",
-                "upscale_strength",
-                "mask_blur",
-                "padding",
-            )
-        ]
+        fields_in = [s[k] for k in self.SETTINGS_FIELDS]
         s["save"].click(
             self.save_settings, fields_in, s["save_status"], api_name="save_settings", concurrency_limit=None
         )
+        self._settings_inputs = fields_in
         gr.api(self.get_settings, api_name="get_settings", concurrency_limit=None)
 
 

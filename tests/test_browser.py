@@ -122,3 +122,32 @@ def test_paint_a_mask_and_inpaint_keeps_everything_outside_it(app, page):
     assert abs(xs.mean() - 64) < 24 and abs(ys.mean() - 64) < 24  # where it was painted: the middle
     assert np.array_equal(result[~painted], before[~painted])  # outside the stroke: unchanged
     assert not np.array_equal(result[painted], before[painted])  # inside: repainted
+
+
+def test_budget_grid_fills_in_cell_by_cell(app, page):
+    """The Generate tab's budget grid: open the panel, ask for 2 x 2 budgets, watch the picture change as cells
+    arrive, and find the labelled grid in the gallery."""
+    studio, base = app
+    shots = base / "screenshots"
+    shots.mkdir(exist_ok=True)
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-prompt textarea")
+    page.fill("#generate-prompt textarea", "a red apple on a blue background")
+    page.click("#grid-panel button")  # the accordion's header opens it
+    page.fill("#grid-iterations textarea, #grid-iterations input", "1,2")
+    page.fill("#grid-steps textarea, #grid-steps input", "1,2")
+    page.evaluate("""() => {
+        window.__grids = [];
+        const root = document.querySelector('#grid-image');
+        new MutationObserver(() => { const img = root.querySelector('img');
+            if (img && img.src && window.__grids[window.__grids.length - 1] !== img.src) window.__grids.push(img.src);
+        }).observe(root, {subtree: true, childList: true, attributes: true});
+    }""")
+    page.click("#grid-run")
+    page.wait_for_selector('#grid-status [data-state="done"]', timeout=120_000)
+    page.screenshot(path=str(shots / "4-grid.png"), full_page=True)
+    assert "4 budgets" in page.inner_text("#grid-status")
+    grids = page.evaluate("() => window.__grids")
+    assert len(grids) >= 3, grids  # the empty grid, cells as they came, the final one
+    final = fetch_image(page, "#grid-image")
+    assert final.size == (48 + 2 * 160, 48 + 2 * 176)

@@ -177,3 +177,20 @@ def test_budget_grid_streams_its_cells_and_lands_in_the_gallery(studio):
     assert newest.task == "grid" and newest.params["seed"] == 4 and len(newest.params["cells"]) == 4
     with pytest.raises(gr.Error, match="steps"):
         list(studio.run_grid("a cat", "", 4, 2.0, "euler", 64, 64, "1,2", "0"))
+
+
+def test_a_reloaded_page_gets_the_saved_settings_and_the_gallery(studio):
+    """Page load refreshes the Settings tab from the settings in effect (saved after the app was built) and
+    fills the gallery, so a reload never shows stale values that a later Save would write back."""
+    demo = next(iter(studio.tabs.values())).run.parent
+    while demo.parent is not None:
+        demo = demo.parent
+    studio.settings = studio.settings.updated(steps=6, negative_prompt="blurry")
+    values = dict(zip(Studio.SETTINGS_FIELDS, studio.settings_values()))
+    assert values["steps"] == 6 and values["negative_prompt"] == "blurry"
+    config = demo.get_config_file() if hasattr(demo, "get_config_file") else demo.config
+    loads = [d for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
+    targets = {tuple(sorted(d["outputs"])) for d in loads}
+    assert tuple(sorted(c._id for c in studio._settings_inputs)) in targets
+    gallery_ids = {c._id for c in studio.tabs["generate"].controls.values()}
+    assert any(len(t) == 2 and not set(t) & gallery_ids for t in targets)  # the gallery and its file list

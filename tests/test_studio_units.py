@@ -366,3 +366,12 @@ def test_a_user_run_stops_the_warmup(engine):
                                            "width": 32, "height": 32}))
     warm.join(30)
     assert updates[-1].kind == "done" and not warm.is_alive() and not engine.busy
+
+
+def test_saved_pngs_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = Gallery(tmp_path).add(_image(), {"task": "generate", "seed": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
