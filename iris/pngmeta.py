@@ -33,7 +33,7 @@ def save_png(image: Image.Image, path: str | Path, params: dict[str, Any] | None
             image.save(f, format="PNG", pnginfo=png_info(params or {}))
             f.flush()
             os.fsync(f.fileno())  # the rename must never expose a file whose bytes are still in flight
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; a saved image gets the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; a saved image gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,9 +42,12 @@ def save_png(image: Image.Image, path: str | Path, params: dict[str, Any] | None
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+_UMASK = _umask()  # read once, at import: setting it is process-wide, so never while other threads write files
 
 
 def read_params(source: str | Path | Image.Image) -> dict[str, Any] | None:
