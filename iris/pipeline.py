@@ -277,6 +277,15 @@ class IrisPipeline:
             parts[f"adapter:{name}"] = count(adapter)
         return parts
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` the model's text encoder does not know (they all become one unknown token);
+        always empty for an open vocabulary such as CLIP's."""
+        return self.text_encoder.unknown_words(check_prompt(prompt))
+
+    def known_words(self) -> list[str] | None:
+        """The words the model's text encoder knows, or None when its vocabulary is open (CLIP)."""
+        return self.text_encoder.known_words()
+
     def effective_depth(self, iterations: int) -> int:
         """Layers run per NFE: prelude (2) + iterations x core layers + coda (2)."""
         return 2 + iterations * self.config.generator.core_layers + 2

@@ -133,6 +133,23 @@ class Studio:
         parts = ([f"⚠️ {self.engine.notice}"] if self.engine.notice else []) + [f"⚠️ {w}" for w in self.warnings]
         return "\n\n".join(parts)
 
+    def vocab_md(self, prompt: Any) -> str:
+        """Under the prompt: the words the loaded model does not know, with the list of those it does."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            return ""
+        try:
+            unknown = self.engine.pipe.unknown_words(prompt)
+        except Exception:  # noqa: BLE001 - a hint, never an error: the run itself reports bad prompts
+            return ""
+        if not unknown:
+            return ""
+        known = self.engine.pipe.known_words() or []
+        words = ", ".join(f"**{w}**" for w in unknown[:12]) + (" …" if len(unknown) > 12 else "")
+        listing = ", ".join(known)
+        return (f"⚠️ Not in this model's vocabulary: {words}. Each becomes one unknown token, so it means "
+                f"nothing to the model.\n\n<details><summary>Words this model knows ({len(known)})</summary>"
+                f"\n\n{listing}\n\n</details>")
+
     def budget_md(
         self,
         steps: Any,
@@ -694,6 +711,8 @@ class Studio:
                     concurrency_id=RUN_GROUP,
                     show_progress="hidden",
                 ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+            tab.controls["prompt"].change(self.vocab_md, tab.controls["prompt"], tab.extra["vocab"], queue=False,
+                                          trigger_mode="always_last", **PRIVATE)
             inputs = tab.inputs()
             has_size = "width" in tab.controls
             budget_inputs = [

@@ -219,6 +219,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 placeholder="a red apple on a blue background",
                 elem_id=f"{task}-prompt",
             )
+            extra["vocab"] = gr.Markdown("", elem_id=f"{task}-vocab", elem_classes=["iris-vocab"])
             controls["negative_prompt"] = gr.Textbox(
                 label="Negative prompt", lines=1, value=settings.negative_prompt, elem_id=f"{task}-negative"
             )

@@ -194,3 +194,16 @@ def test_a_reloaded_page_gets_the_saved_settings_and_the_gallery(studio):
     assert tuple(sorted(c._id for c in studio._settings_inputs)) in targets
     gallery_ids = {c._id for c in studio.tabs["generate"].controls.values()}
     assert any(len(t) == 2 and not set(t) & gallery_ids for t in targets)  # the gallery and its file list
+
+
+def test_unknown_words_are_named_under_the_prompt(tmp_path):
+    from iris.hub import demo_model_path
+
+    if not (demo_model_path() / "config.json").is_file():
+        pytest.skip("no bundled demo model")
+    engine = Engine("demo")
+    engine.load()
+    studio = build_app(engine, Settings(), Gallery(tmp_path / "out"), settings_file=tmp_path / "s.json").studio
+    note = studio.vocab_md("a kitten on a beach")
+    assert "**kitten**" in note and "**beach**" in note and "Words this model knows" in note and "apple" in note
+    assert studio.vocab_md("a red apple on a blue background") == "" and studio.vocab_md("") == ""

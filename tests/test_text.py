@@ -198,3 +198,17 @@ def test_half_stored_block_recovers_from_errors_and_serves_threads():
     for t in threads:
         t.join()
     assert not failures and {p.dtype for p in block.parameters()} == {torch.float16}
+
+
+def test_compact_vocabulary_names_the_words_it_does_not_know():
+    from iris.config import TextConfig
+    from iris.models.text import TinyTextEncoder, clip_tokenizer
+
+    tok = clip_tokenizer()
+    vocab = sorted({i for w in ("a", "red", "apple", "on", "blue", "background", "sunny") for i in tok.encode(w)})
+    enc = TinyTextEncoder(TextConfig(kind="tiny", dim=16, max_length=16, layers=1, heads=2, vocab=vocab))
+    assert enc.unknown_words("A red kitten on a BEACH, a red kitten again; apple!") == ["kitten", "beach", "again"]
+    assert enc.unknown_words("a red apple on a blue background") == []
+    assert enc.known_words() == sorted(["a", "red", "apple", "on", "blue", "background", "sunny"])
+    full = TinyTextEncoder(TextConfig(kind="tiny", dim=16, max_length=16, layers=1, heads=2))
+    assert full.unknown_words("a kitten on a beach") == [] and full.known_words() is None

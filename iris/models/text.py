@@ -52,6 +52,14 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def known_words(self) -> list[str] | None:
+        """The whole words the encoder has its own tokens for, sorted; None for an open vocabulary (CLIP)."""
+        return None
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` (in order, each once) that the encoder only sees as an unknown token."""
+        return []
+
 
 def store_half_compute_float(block: nn.Module) -> None:
     """Keep `block`'s floating parameters in fp16 between calls and run it in fp32.
@@ -105,6 +113,28 @@ class TinyTextEncoder(TextEncoder):
         self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def _is_known(self, token_id: int) -> bool:
+        return bool(self.lookup[token_id] != 1)
+
+    def known_words(self) -> list[str] | None:
+        if not self.config.vocab:
+            return None
+        tok = clip_tokenizer()
+        words = {tok.decoder[i][: -len("</w>")] for i in self.config.vocab
+                 if i in tok.decoder and tok.decoder[i].endswith("</w>")}
+        return sorted(w for w in words if any(ch.isalnum() for ch in w))
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        if not self.config.vocab:
+            return []
+        import re
+
+        tok, out = clip_tokenizer(), []
+        for word in re.findall(r"[^\W_]+(?:['-][^\W_]+)*", prompt.lower()):
+            if word not in out and not all(self._is_known(i) for i in tok.encode(word)):
+                out.append(word)
+        return out
 
     def forward(self, ids: torch.Tensor) -> TextCondition:
         """open_clip ids [B, L] -> states [B, L, dim]."""
