@@ -23,8 +23,11 @@ from .gallery import Gallery
 from .masks import binarize, editor_composite, editor_image, editor_mask, is_blank
 from .settings import THEMES, Settings, save_settings, settings_path
 from .tabs import (
+    COPY_JS,
     CSS,
+    DARK_JS,
     DEFAULT_CONTROL_KINDS,
+    HEAD,
     IMAGE_TARGETS,
     TASK_TITLES,
     TaskTab,
@@ -530,7 +533,7 @@ class Studio:
         info = self.engine.info
         blocks_kwargs: dict[str, Any] = {"title": "IRIS Studio", "analytics_enabled": False}
         if not GRADIO_6:
-            blocks_kwargs.update(theme=theme_object(self.settings.theme), css=CSS)
+            blocks_kwargs.update(theme=theme_object(self.settings.theme), css=CSS, head=HEAD)
         with gr.Blocks(**blocks_kwargs) as demo:
             with gr.Row(equal_height=True):
                 header = gr.HTML(self.header_md())
@@ -545,6 +548,8 @@ class Studio:
                     min_width=260,
                     elem_id="iris-mode",
                 )
+                dark = gr.Button("🌓", size="sm", scale=0, min_width=48, elem_id="iris-dark")
+                dark.click(None, None, None, js=DARK_JS)
             notice_text = self.notice_md()
             notice = gr.Markdown(
                 notice_text, visible=bool(notice_text), elem_classes=["iris-notice"], elem_id="iris-notice"
@@ -711,6 +716,7 @@ class Studio:
                     concurrency_id=RUN_GROUP,
                     show_progress="hidden",
                 ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
+            tab.extra["copy"].click(None, tab.params, None, js=COPY_JS)
             tab.controls["prompt"].change(self.vocab_md, tab.controls["prompt"], tab.extra["vocab"], queue=False,
                                           trigger_mode="always_last", **PRIVATE)
             inputs = tab.inputs()
@@ -957,5 +963,5 @@ def launch(
                                               max_body=parse_size(max_file_size) + (1 << 20))]},
     )
     if GRADIO_6:
-        kwargs.update(theme=theme_object(studio.settings.theme), css=CSS)
+        kwargs.update(theme=theme_object(studio.settings.theme), css=CSS, head=HEAD)
     return demo.launch(**kwargs)

@@ -367,6 +367,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     interactive=False,
                     height=360,
                     elem_id=f"{task}-preview",
+                    elem_classes=["iris-fill"],
                 )
                 result = gr.Image(
                     label="Result",
@@ -375,6 +376,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     interactive=False,
                     height=360,
                     elem_id=f"{task}-result",
+                    elem_classes=["iris-fill"],
                 )
             status = gr.HTML(idle_status(), label="Status", elem_id=f"{task}-status")
             with gr.Row():
@@ -420,6 +422,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 )
             with gr.Accordion("Parameters", open=False):
                 params = gr.JSON(label="Parameters", elem_id=f"{task}-params")
+                extra["copy"] = gr.Button("📋 Copy parameters", size="sm", elem_id=f"{task}-copy")
             restore_file = gr.File(
                 label="Drop an IRIS PNG here to restore its settings",
                 file_types=[".png"],
@@ -467,4 +470,18 @@ CSS = """
                background: rgba(245,158,11,0.08); }
 .iris-header h1 { margin: 0; font-size: 1.5rem; }
 .iris-header p { margin: 0; color: var(--body-text-color-subdued); }
+.iris-fill img { width: 100% !important; height: 100% !important; object-fit: contain; }
+#gallery img { object-fit: contain !important; }
+.iris-vocab { font-size: var(--text-sm); }
 """
+
+# Ctrl+Enter (or Cmd+Enter) runs the task of the open tab, from anywhere on the page.
+HEAD = """<script>
+document.addEventListener("keydown", (event) => {
+  if (!(event.ctrlKey || event.metaKey) || event.key !== "Enter") return;
+  const run = [...document.querySelectorAll("button[id$='-run']")].find((b) => b.offsetParent !== null);
+  if (run) { event.preventDefault(); run.click(); }
+});
+</script>"""
+COPY_JS = "(params) => { navigator.clipboard && navigator.clipboard.writeText(JSON.stringify(params, null, 2)); }"
+DARK_JS = "() => { document.body.classList.toggle('dark'); }"
