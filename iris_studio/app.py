@@ -241,9 +241,10 @@ class Studio:
             }
         raise gr.Error(f"unknown task {task}")
 
-    def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None):
+    def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None, save: bool = True):
         """The streaming handler body: yields (preview, status, result, params), and for inpaint also the
-        black/white mask the run uses (sent with the first and the last message)."""
+        black/white mask the run uses (sent with the first and the last message). `save=False` (Live
+        re-renders) keeps the result out of the gallery: a scratch file, overwritten by the next one."""
         n = len(IMAGE_INPUT_NAMES[task])
         images, controls = list(values[:n]), dict(zip(metadata.fields(task), values[n:]))
         if seed_fallback is not None and (controls.get("seed") is None or float(controls["seed"]) < 0):
@@ -267,12 +268,16 @@ class Studio:
                     yield (preview, status_html(up.progress, text), skip, skip) + tail
                 elif up.kind == "done":
                     result = up.result
-                    path = self.gallery.add(result.image, result.params)
                     w, h = result.image.size
                     seed = result.params.get("seed")
-                    text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
-                    if self.gallery.warning:
-                        text += f" ({self.gallery.warning})"
+                    if save:
+                        path = self.gallery.add(result.image, result.params)
+                        text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
+                        if self.gallery.warning:
+                            text += f" ({self.gallery.warning})"
+                    else:
+                        path = live_scratch(task, result.image, result.params)
+                        text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · live preview (Run saves it)"
                     final = (kwargs["mask"],) if extra else ()  # API callers get the mask with the result
                     yield (skip, status_html(1.0, text, "done"), str(path), result.params) + final
                 else:
@@ -329,7 +334,7 @@ class Studio:
                 yield tuple(gr.skip() for _ in range(5 if task == "inpaint" else 4))
                 return
             last = params.get("seed") if isinstance(params, dict) else None
-            yield from self.run_task(task, values, seed_fallback=last if isinstance(last, int) else None)
+            yield from self.run_task(task, values, seed_fallback=last if isinstance(last, int) else None, save=False)
 
         return live_run
 
@@ -911,6 +916,20 @@ def build_app(
     demo = studio.build()
     demo.studio = studio  # type: ignore[attr-defined]
     return demo
+
+
+def live_scratch(task: str, image: Any, params: dict[str, Any]) -> Path:
+    """Where a Live re-render's result goes: a new file under the system temp folder (which gradio serves),
+    the previous one of the task removed, so the gallery does not fill with near-duplicates."""
+    import tempfile
+
+    from iris.pngmeta import save_png
+
+    folder = Path(tempfile.gettempdir()) / "iris-studio-live"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob(f"{task}-*.png"):
+        old.unlink(missing_ok=True)
+    return save_png(image, folder / f"{task}-{random.getrandbits(48):012x}.png", params)
 
 
 def fast_model_installed() -> bool:

@@ -151,3 +151,18 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
     assert len(grids) >= 3, grids  # the empty grid, cells as they came, the final one
     final = fetch_image(page, "#grid-image")
     assert final.size == (48 + 2 * 160, 48 + 2 * 176)
+
+
+def test_ctrl_enter_runs_the_open_tab_and_dark_mode_toggles(app, page):
+    studio, base = app
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-prompt textarea")
+    page.fill("#generate-prompt textarea", "a green apple")
+    page.focus("#generate-negative textarea, #generate-negative input")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector('#generate-status [data-state="done"]', timeout=120_000)
+    assert "Done in" in page.inner_text("#generate-status")
+    dark_before = page.evaluate("() => document.body.classList.contains('dark')")
+    page.click("#iris-dark")
+    assert page.evaluate("() => document.body.classList.contains('dark')") != dark_before
+    page.screenshot(path=str(base / "screenshots" / "5-dark.png"), full_page=True)

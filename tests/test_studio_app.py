@@ -70,6 +70,19 @@ def test_live_mode_rerenders_with_the_last_seed(studio):
     assert fixed[-1][3]["seed"] == 9  # an explicit seed wins
 
 
+def test_live_rerenders_stay_out_of_the_gallery(studio):
+    from pathlib import Path
+
+    live = studio.live_runner("generate")
+    names = metadata.fields("generate")
+    values = dict(prompt="x", seed=3, guidance=1.0, steps=1, iterations=1, sampler="euler", width=32, height=32)
+    before = len(studio.gallery)
+    paths = [list(live(True, {"seed": 3}, *[values.get(n) for n in names]))[-1][2] for _ in range(3)]
+    assert len(studio.gallery) == before  # three slider releases, no new gallery entries
+    assert not Path(paths[0]).exists() and Path(paths[-1]).is_file()  # each scratch result replaces the last
+    assert "Run saves it" in list(live(True, {"seed": 3}, *[values.get(n) for n in names]))[-1][1]
+
+
 def test_inpaint_needs_a_painted_mask_and_uses_it_black_and_white(studio):
     image = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
     editor = {"background": image.convert("RGBA"), "layers": [], "composite": None}
