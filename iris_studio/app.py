@@ -342,8 +342,9 @@ class Studio:
         if live:
             self.engine.cancel()
 
-    def stop(self) -> str:
-        return "stopping" if self.engine.cancel() else "idle"
+    def stop(self) -> None:
+        """Ask the running generation to stop at its next core iteration (no output: the run says it stopped)."""
+        self.engine.cancel()
 
     # --------------------------------------------------------------------------------- small handlers
     @staticmethod
@@ -801,21 +802,6 @@ class Studio:
                 )
             if task == "inpaint":
                 editor = tab.images[0]
-                tab.extra["brush_size"].release(
-                    lambda size: gr.ImageEditor(
-                        brush=gr.Brush(
-                            default_size=int(size),
-                            colors=["#ffffff"],
-                            default_color="#ffffff",
-                            color_mode="fixed",
-                        ),
-                        eraser=gr.Eraser(default_size=int(size)),
-                    ),
-                    tab.extra["brush_size"],
-                    editor,
-                    queue=False,
-                    **PRIVATE,
-                )
                 tab.extra["clear"].click(
                     lambda v: (
                         {"background": v.get("background"), "layers": [], "composite": v.get("background")}

@@ -166,10 +166,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     elem_id="inpaint-editor",
                 )
                 images.append(editor)
-                with gr.Row():
-                    extra["brush_size"] = gr.Slider(
-                        2, 128, value=24, step=1, label="Brush size", scale=3, elem_id="inpaint-brush-size"
-                    )
+                with gr.Row():  # the brush size is the editor's own control (its brush button)
                     extra["clear"] = gr.Button("Clear mask", size="sm", scale=1, elem_id="inpaint-clear")
                 with gr.Accordion("…or upload a mask (white = change)", open=False):
                     images.append(
