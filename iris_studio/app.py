@@ -26,7 +26,6 @@ from .tabs import (
     COPY_JS,
     CSS,
     DARK_JS,
-    DEFAULT_CONTROL_KINDS,
     HEAD,
     IMAGE_TARGETS,
     TASK_TITLES,
@@ -72,18 +71,17 @@ def user_error(err: BaseException) -> gr.Error:
     if isinstance(err, gr.Error):
         return err
     if isinstance(err, IrisError):
-        return gr.Error(str(err))
+        return gr.Error(str(err), print_exception=False)  # the user's to fix: no traceback in the console
     log.exception("unexpected error in a handler", exc_info=err)
-    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console.")
+    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still ready; see the console.",
+                    print_exception=False)  # logged once, above
 
 
 def control_kinds() -> tuple[str, ...]:
-    try:
-        from iris import control
-    except ImportError:
-        return DEFAULT_CONTROL_KINDS
-    kinds = getattr(control, "CONTROL_KINDS", None)
-    return tuple(kinds) if kinds else DEFAULT_CONTROL_KINDS
+    """Every control kind the engine knows (a loaded model has adapters for some of them)."""
+    from iris.control import CONTROL_KINDS
+
+    return tuple(CONTROL_KINDS)
 
 
 def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) -> Any:
@@ -198,10 +196,10 @@ class Studio:
             editor, upload = images
             image = editor_image(editor)
             if image is None:
-                raise gr.Error("Upload an image to inpaint first.")
+                raise gr.Error("Upload an image to inpaint first.", print_exception=False)
             mask = binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
             if mask is None or mask.getextrema()[1] == 0:
-                raise gr.Error("Paint the area to change on the image first (or upload a mask).")
+                raise gr.Error("Paint the area to change on the image first (or upload a mask).", print_exception=False)
             return {
                 **common,
                 "image": image,
@@ -214,7 +212,7 @@ class Studio:
             from iris.inputs import open_image
 
             if images[0] is None:
-                raise gr.Error(f"Upload an image to {task} first.")
+                raise gr.Error(f"Upload an image to {task} first.", print_exception=False)
             image = open_image(images[0])
             if task == "edit":
                 return {**common, "image": image, "strength": float(c.get("strength"))}
@@ -228,7 +226,8 @@ class Studio:
         if task == "control":
             image = editor_composite(images[0])
             if image is None or is_blank(image):
-                raise gr.Error("The control image is empty: upload an image or draw a scribble first.")
+                raise gr.Error("The control image is empty: upload an image or draw a scribble first.",
+                               print_exception=False)
             return {
                 **common,
                 **size,
@@ -239,7 +238,7 @@ class Studio:
                 "end": float(c.get("end")),
                 "preprocess": bool(c.get("preprocess")),
             }
-        raise gr.Error(f"unknown task {task}")
+        raise gr.Error(f"unknown task {task}", print_exception=False)
 
     def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None, save: bool = True):
         """The streaming handler body: yields (preview, status, result, params), and for inpaint also the
@@ -447,10 +446,10 @@ class Studio:
             spec = variant or "nano"
         else:
             if not location:
-                raise gr.Error("Enter a model folder or a hub id (owner/name) first.")
+                raise gr.Error("Enter a model folder or a hub id (owner/name) first.", print_exception=False)
             spec = location
             if source == "Local folder" and not Path(location).expanduser().exists():
-                raise gr.Error(f"No folder at {location}.")
+                raise gr.Error(f"No folder at {location}.", print_exception=False)
             if source == "Hub id" and is_variant(spec):
                 spec = location
         progress(0.0, desc=f"Loading {spec}…")
@@ -519,7 +518,7 @@ class Studio:
             )
             path = save_settings(self.settings, self.settings_file)
         except (ValueError, TypeError, OSError) as err:
-            raise gr.Error(f"Settings not saved: {err}") from None
+            raise gr.Error(f"Settings not saved: {err}", print_exception=False) from None
         return f"Saved to `{path}`. New defaults apply to the tabs on the next start; the theme too."
 
     def get_settings(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from iris import SAMPLERS, limits
+from iris.control import CONTROL_KINDS
 from iris.grid import DEFAULT_ITERATIONS as DEFAULT_GRID_ITERATIONS
 from iris.grid import DEFAULT_STEPS as DEFAULT_GRID_STEPS
 
@@ -35,7 +36,6 @@ RUN_LABELS = {
     "control": "Generate with control",
 }
 IMAGE_TARGETS = ("inpaint", "edit", "upscale", "control")
-DEFAULT_CONTROL_KINDS = ("canny", "scribble", "color", "depth", "pose")
 MAX_UI_ITERATIONS = 16
 
 
@@ -141,7 +141,7 @@ def blank_canvas(size: int = 512) -> dict[str, Any]:
     return {"background": Image.new("RGB", (size, size), "white"), "layers": [], "composite": None}
 
 
-def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = DEFAULT_CONTROL_KINDS) -> TaskTab:
+def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = CONTROL_KINDS) -> TaskTab:
     """Build the controls and outputs of one task tab inside the current gr.Tab."""
     images: list[Any] = []
     extra: dict[str, Any] = {}
