@@ -226,14 +226,9 @@ def _render_pool(n: int, seed: int, size: int = INPUT_SIZE, scene_size: int = 12
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(2.5 * sigma))
-    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (r / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
-                    groups=c)
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    return gaussian_blur(x, [2 * max(1, math.ceil(2.5 * sigma)) + 1] * 2, [sigma, sigma])
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

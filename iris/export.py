@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sampling
 from .errors import InvalidInputError, IrisError
 from .models.generator import IrisGenerator, TextCondition
 from .models.grfm import AFNO2D, RGLRU, _dft_mats
@@ -335,10 +336,13 @@ def export_onnx(pipe: Any, out_dir: str | Path, resolutions: Iterable[Any] | Non
         "vae": {"scale": cfg.vae.scale, "shift": cfg.vae.shift, "downsample": cfg.vae.downsample,
                 "latent_channels": cfg.vae.latent_channels, "applied_in_graph": True},
         "noise": {"generator": "torch CPU randn (mt19937, Box-Muller in blocks of 16), float32",
-                  "latents": "manual_seed(seed)", "core_state": "manual_seed((seed * 7919 + 17) % 2**63), one draw of "
-                  "[images, h, w, D] per network call, times state_init_std, shared by the guided and unguided "
-                  "halves of the batch",
-                  "consistency": "manual_seed((seed * 104729 + 29) % 2**63), one draw per step but the last"},
+                  "latents": "manual_seed(seed)",
+                  "core_state": "manual_seed((seed * a + b) % 2**63) with [a, b] = seed_streams.core_state, one "
+                  "draw of [images, h, w, D] per network call, times state_init_std, shared by the guided and "
+                  "unguided halves of the batch",
+                  "consistency": "manual_seed((seed * a + b) % 2**63) with [a, b] = seed_streams.consistency, one "
+                  "draw per step but the last",
+                  "seed_streams": {k: list(v) for k, v in sampling.SEED_STREAMS.items()}},
         "graphs": {"text_encoder": graph_entry(files["text_encoder"], out)},
         "resolutions": {},
     }

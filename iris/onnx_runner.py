@@ -300,8 +300,10 @@ class OnnxIris:
         t_start = time.perf_counter()
         latent_shape = (num_images, *self.manifest["resolutions"][res]["latent_shape"])
         z = TorchRandn(seed).randn(latent_shape)
-        state_noise = TorchRandn((seed * 7919 + 17) % (2**63))
-        fresh_noise = TorchRandn((seed * 104729 + 29) % (2**63))
+        streams = self.manifest["noise"]["seed_streams"]  # as the engine draws them (iris.sampling.SEED_STREAMS)
+        stream = lambda name: (seed * streams[name][0] + streams[name][1]) % (2**63)
+        state_noise = TorchRandn(stream("core_state"))
+        fresh_noise = TorchRandn(stream("consistency"))
         # as iris.sampling.guidance_branches: 1 is the prompt alone, 0 the negative prompt alone, else both
         use_cfg = guidance not in (0.0, 1.0)
         tokens, mask = self.encode_text([prompt, negative_prompt] if use_cfg else

@@ -389,8 +389,8 @@ class IrisPipeline:
         else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
             text = self.encode_text([prompt if with_prompt else negative_prompt] * b)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
-        state_gen = torch.Generator("cpu").manual_seed((seed * 7919 + 17) % (2**63))
-        noise_gen = torch.Generator("cpu").manual_seed((seed * 104729 + 29) % (2**63))
+        state_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "core_state"))
+        noise_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "consistency"))
         throttle = PreviewThrottle(preview_fraction)
         gen = self.generator
         t0 = time.perf_counter()

@@ -20,6 +20,18 @@ def flow_timesteps(steps: int, shift: float = 1.0, start: float = 1.0) -> list[f
     return [float(t) for t in ts]
 
 
+# The random streams of a run besides its initial noise (which is manual_seed(seed) itself): (multiplier,
+# offset) of manual_seed((seed * multiplier + offset) % 2**63). Exported graphs' runners read them from the
+# manifest, so every runtime draws the same numbers.
+SEED_STREAMS = {"core_state": (7919, 17), "consistency": (104729, 29)}
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one of a run's random streams (see SEED_STREAMS)."""
+    multiplier, offset = SEED_STREAMS[stream]
+    return (seed * multiplier + offset) % (2**63)
+
+
 def velocity_calls(sampler: str, steps: int) -> int:
     """Velocity evaluations `sample` makes in `steps` steps: heun adds one per step except the last."""
     if sampler not in SAMPLERS:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import IrisConfig
@@ -78,8 +77,3 @@ def build_adapter(name: str, config: IrisConfig) -> nn.Module:
     if name.startswith("control_") and name.removeprefix("control_"):
         return ImageAdapter(d, factor)
     raise ValueError(f"unknown adapter {name!r}; expected inpaint, upscale, pixel_upscale or control_<kind>")
-
-
-def resize_to_grid(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Area-resize features or masks [B, C, h', w'] to the grid size hw."""
-    return x if tuple(x.shape[-2:]) == tuple(hw) else F.interpolate(x, size=hw, mode="area")

@@ -382,11 +382,6 @@ def render_sprite(emoji: Emoji | int | str, size: int) -> Image.Image:
     return _sized_sprite(_as_emoji(emoji).char, int(size)).copy()
 
 
-def sprite_is_empty(emoji: Emoji | int | str) -> bool:
-    """True when the font has no visible glyph for ``emoji``."""
-    return _full_sprite(_as_emoji(emoji).char).getchannel("A").getbbox() is None
-
-
 # --------------------------------------------------------------------------------------------
 # Captions
 # --------------------------------------------------------------------------------------------

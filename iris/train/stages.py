@@ -388,16 +388,14 @@ class UpscaleStage(AdapterStage):
 def random_blur(x: torch.Tensor, fraction: float, rng: torch.Generator, sigmas: tuple[float, float] = (0.6, 3.0)
                 ) -> torch.Tensor:
     """Gaussian-blur about `fraction` of the images [B, C, H, W], each with its own width in `sigmas` (px)."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
     pick = torch.rand(x.shape[0], generator=rng) < fraction
     widths = sigmas[0] + (sigmas[1] - sigmas[0]) * torch.rand(x.shape[0], generator=rng)
     out = x.clone()
     for i in torch.nonzero(pick).flatten().tolist():
-        r = int(3 * widths[i]) + 1
-        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / widths[i]) ** 2)
-        k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
-        img = F.pad(x[i : i + 1], (r, r, r, r), mode="replicate")
-        img = F.conv2d(F.conv2d(img, k, groups=x.shape[1]), k.transpose(-1, -2), groups=x.shape[1])
-        out[i] = img[0]
+        sigma = float(widths[i])
+        out[i] = gaussian_blur(x[i : i + 1], [2 * (int(3 * sigma) + 1) + 1] * 2, [sigma, sigma])[0]
     return out
 
 
