@@ -56,6 +56,21 @@ def resolve_model(path_or_id: str | os.PathLike | None) -> Path:
     raise ModelLoadError(f"no model folder at {text!r}, and it is not a hub id of the form owner/name")
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a hub download raises when the network or the hub fails: OSError (requests' errors are
+    OSErrors), the hub's HTTP and validation errors, and httpx's errors where the hub client uses httpx."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    kinds: list[type[BaseException]] = [OSError, ValueError, HfHubHTTPError]
+    try:
+        import httpx
+
+        kinds.append(httpx.HTTPError)
+    except ImportError:  # older hub clients use requests only
+        pass
+    return tuple(kinds)
+
+
 def hub_snapshot(repo_id: str) -> Path:
     """Download (or find in the hub cache) a model repo; clear errors when offline or not found."""
     try:
@@ -75,7 +90,7 @@ def hub_snapshot(repo_id: str) -> Path:
         ) from err
     except RepositoryNotFoundError as err:
         raise ModelLoadError(f"no model {repo_id!r} on the hub (or it is private)") from err
-    except Exception as err:  # network errors come in many types
+    except network_errors() as err:
         raise HubOfflineError(f"could not download {repo_id!r} from the hub: {type(err).__name__}: {err}") from err
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"hub repo {repo_id!r} has no config.json; it is not an IRIS model")
@@ -94,7 +109,7 @@ def hub_file(repo_id: str, filename: str, what: str) -> Path:
             f"{what} weights ({repo_id}/{filename}) are not in the hub cache and the hub is offline; "
             f"run once online (e.g. `huggingface-cli download {repo_id} {filename}`) or unset HF_HUB_OFFLINE"
         ) from err
-    except Exception as err:
+    except network_errors() as err:
         raise HubOfflineError(f"could not fetch {what} weights from {repo_id}: {type(err).__name__}: {err}") from err
 
 
