@@ -73,11 +73,9 @@ def network_errors() -> tuple[type[BaseException], ...]:
 
 def hub_snapshot(repo_id: str) -> Path:
     """Download (or find in the hub cache) a model repo; clear errors when offline or not found."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
-    except ImportError as err:  # pragma: no cover - dependency of the package
-        raise ModelLoadError("huggingface_hub is not installed; pip install huggingface_hub") from err
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
     try:
         path = Path(
             snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.md"],

@@ -384,10 +384,8 @@ class Studio:
             return None
         if not preprocess:
             return image
-        try:
-            from iris.control import preprocess as run_preprocess
-        except ImportError:
-            return None
+        from iris.control import preprocess as run_preprocess
+
         try:
             return run_preprocess(kind, image)
         except Exception as err:  # noqa: BLE001
