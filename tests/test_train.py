@@ -130,9 +130,50 @@ def test_tar_shards(tmp_path, image_folder):
                 meta = tmp_path / f"{n}.json"
                 meta.write_text(json.dumps({"caption": f"shard caption {n}", "score": 1.5}))
                 tar.add(meta, arcname=f"{n}.json")
+    (tmp_path / "extra.txt").write_text("a txt caption wins")
+    with tarfile.open(tmp_path / "shard-0002.tar", "w") as tar:
+        tar.add(image_folder / "red.png", arcname="k/extra.png")
+        tar.add(tmp_path / "extra.txt", arcname="k/extra.txt")
+        tar.add(tmp_path / "extra.txt", arcname="k/orphan.txt")  # no image: skipped
     ds = build_dataset(DataConfig(source="tar", path=str(tmp_path), size=16))
-    assert sorted(r.caption for r in ds.records) == sorted(f"shard caption {n}" for n in COLORS)
+    assert len(ds) == 5
+    captions = sorted(ds.record(i).caption for i in range(len(ds)))
+    assert captions == sorted([f"shard caption {n}" for n in COLORS] + ["a txt caption wins"])
     assert ds.load(0, random.Random(0))["image"].shape == (3, 16, 16)
+    assert ds.record(4).source == (image_folder / "red.png").read_bytes()  # the exact bytes, read from the shard
+    assert len(build_dataset(DataConfig(source="tar", path=str(tmp_path), size=16, min_score=1.0))) == 4
+
+
+def test_tar_shards_stream_from_disk_in_bounded_memory(tmp_path):
+    """200 shards of incompressible images (about 70 MB): building the dataset and drawing batches from it
+    must not hold the shards' bytes (the dataset keeps offsets, not data)."""
+    import gc
+    import pickle
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "noise.png"
+    for shard in range(200):
+        with tarfile.open(tmp_path / f"s-{shard:04d}.tar", "w") as tar:
+            for k in range(2):
+                Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(image)  # ~28 KB
+                tar.add(image, arcname=f"{shard}-{k}.png")
+    image.unlink()
+    total = sum(p.stat().st_size for p in tmp_path.glob("*.tar"))
+    gc.collect()
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+
+    before = rss()
+    ds = build_dataset(DataConfig(source="tar", path=str(tmp_path), size=32))
+    stream = BatchStream(ds, batch_size=8, seed=0)
+    for step in range(5):
+        assert stream.batch(step)["image"].shape == (8, 3, 32, 32)
+    assert len(ds) == 400 and rss() - before < total / 4, (rss() - before, total)
+    assert sum(v.nbytes for v in ds.index.values()) < 100 * len(ds)
+    clone = pickle.loads(pickle.dumps(ds))  # as DataLoader workers get it: reopens its own files
+    assert clone.record(7).source == ds.record(7).source
 
 
 def emoji_font_or_skip() -> None:

@@ -148,34 +148,99 @@ class JsonlManifest(RecordDataset):
         super().__init__(records, cfg)
 
 
-class TarShards(RecordDataset):
-    """WebDataset-style shards: files grouped by key (`0001.png`, `0001.txt` or `0001.json`) in .tar files."""
+class TarShards:
+    """WebDataset-style shards: files grouped by key (`0001.png`, `0001.txt` or `0001.json`) in .tar files.
+
+    Streams from disk: building it reads only the tar headers (and the small .json sidecars, for `min_score`),
+    keeping per sample a shard number and byte offsets in numpy arrays (about 40 bytes a sample); images and
+    captions are read from the shard when a batch needs them. Memory stays bounded by the batch, not the
+    dataset. Each process (DataLoader workers included) opens the shards itself.
+    """
+
+    _IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
     def __init__(self, cfg: DataConfig):
         root = Path(cfg.path)
-        shards = sorted(root.glob("*.tar")) if root.is_dir() else sorted(root.parent.glob(root.name))
-        records = []
-        for shard in shards:
-            groups: dict[str, dict[str, bytes]] = {}
+        self.cfg, self.classes = cfg, []
+        self._captions: list[str] = []  # captions given only in a .json sidecar
+        self.shards = sorted(root.glob("*.tar")) if root.is_dir() else sorted(root.parent.glob(root.name))
+        cols: dict[str, list[float]] = {k: [] for k in ("shard", "img", "img_n", "txt", "txt_n", "label", "score")}
+        for n, shard in enumerate(self.shards):
             with tarfile.open(shard) as tar:
-                for member in tar.getmembers():
-                    if not member.isfile():
+                groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for member in tar:  # headers only: data blocks are skipped
+                    if member.isfile():
+                        key, _, ext = member.name.rpartition(".")
+                        groups.setdefault(key, {})[ext.lower()] = member
+                for key in sorted(groups):
+                    g = groups[key]
+                    img = next((g[e] for e in self._IMAGE_EXTS if e in g), None)
+                    if img is None:
                         continue
-                    key, _, ext = member.name.rpartition(".")
-                    data = tar.extractfile(member)
-                    if data is not None:
-                        groups.setdefault(key, {})[ext.lower()] = data.read()
-            for key in sorted(groups):
-                g = groups[key]
-                img = next((g[e] for e in ("png", "jpg", "jpeg", "webp") if e in g), None)
-                if img is None:
-                    continue
-                meta = json.loads(g["json"]) if "json" in g else {}
-                caption = g["txt"].decode("utf-8").strip() if "txt" in g else str(meta.get("caption", ""))
-                rec = Record(img, caption, int(meta.get("class", -1)), float(meta.get("score", 0.0)))
-                if cfg.min_score is None or rec.score >= cfg.min_score:
-                    records.append(rec)
-        super().__init__(records, cfg)
+                    meta = {}
+                    if "json" in g:
+                        data = tar.extractfile(g["json"])
+                        meta = json.loads(data.read()) if data is not None else {}
+                    score = float(meta.get("score", 0.0))
+                    if cfg.min_score is not None and score < cfg.min_score:
+                        continue
+                    txt = g.get("txt")
+                    for k, v in (("shard", n), ("img", img.offset_data), ("img_n", img.size),
+                                 ("txt", txt.offset_data if txt else -1), ("txt_n", txt.size if txt else 0),
+                                 ("label", int(meta.get("class", -1))), ("score", score)):
+                        cols[k].append(v)
+                    if txt is None and meta.get("caption"):
+                        cols["txt"][-1], cols["txt_n"][-1] = -2 - len(self._captions), 0
+                        self._captions.append(str(meta["caption"]))
+        if not cols["img"]:
+            raise ValueError(f"no training images found for source {cfg.source!r} at {cfg.path!r}")
+        self.index = {k: np.asarray(v, np.float32 if k == "score" else np.int64) for k, v in cols.items()}
+        self._files: dict[int, Any] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.index["img"])
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        import os
+
+        if self._pid != os.getpid():  # a forked worker must not share the parent's file positions
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.shards[shard], "rb")  # noqa: SIM115 - kept open for the run
+        f.seek(offset)
+        return f.read(size)
+
+    def record(self, index: int) -> Record:
+        """Sample `index` read from its shard: image bytes, caption, class and score."""
+        ix = {k: v[index] for k, v in self.index.items()}
+        shard = int(ix["shard"])
+        image = self._read(shard, int(ix["img"]), int(ix["img_n"]))
+        if ix["txt"] >= 0:
+            caption = self._read(shard, int(ix["txt"]), int(ix["txt_n"])).decode("utf-8").strip()
+        else:
+            caption = self._captions[-2 - int(ix["txt"])] if ix["txt"] <= -2 else ""
+        return Record(image, caption, int(ix["label"]), float(ix["score"]))
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        if not self.cfg.buckets:
+            return self.cfg.size, self.cfg.size
+        with Image.open(io.BytesIO(self.record(index).source)) as im:  # type: ignore[arg-type]
+            return bucket_size(self.cfg.size, *im.size)
+
+    def load(self, index: int, rng: random.Random, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        rec = self.record(index)
+        w, h = size or self.size_of(index)
+        return {
+            "image": prepare_image(open_image(rec.source), w, h, rng, self.cfg.random_crop, self.cfg.random_flip),
+            "caption": rec.caption, "label": rec.label, "score": rec.score,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers: no open files across processes
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = {}, -1
+        return state
 
 
 class EmojiData:
