@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,11 +30,14 @@ from PIL import Image, ImageFilter
 
 from . import control as control_maps
 from . import sampling
+from .budget import Budget, IrisResult, PreviewCallback, PreviewEvent
 from .errors import InvalidInputError
 from .inputs import check_float, check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
 from .limits import MAX_MASK_BLUR, MAX_PADDING, MAX_SIDE, MAX_TILE, PREVIEW_FRACTION
 from .models.wavelet import dwt, idwt, with_ll_band
-from .pipeline import Budget, IrisPipeline, IrisResult, PreviewCallback, PreviewEvent
+
+if TYPE_CHECKING:
+    from .pipeline import IrisPipeline
 
 MAX_UPSCALE_PIXELS = 4096 * 4096  # output pixels of one upscale call
 MAX_UPSCALE_SIDE = 16384
