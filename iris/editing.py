@@ -1,4 +1,4 @@
-"""The editing tasks on top of `IrisPipeline.denoise`: SDEdit, inpainting, wavelet super-resolution, control.
+"""The editing tasks on top of `IrisCore.denoise`: SDEdit, inpainting, wavelet super-resolution, control.
 
     pipe.edit(image, "a cat face", strength=0.6)
     pipe.inpaint(image, mask, "a rocket", mask_blur=4, masked_only=True, padding=32)
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +31,11 @@ from PIL import Image, ImageFilter
 from . import control as control_maps
 from . import sampling
 from .budget import Budget, IrisResult, PreviewCallback, PreviewEvent
+from .core import IrisCore
 from .errors import InvalidInputError
 from .inputs import check_float, check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
 from .limits import MAX_MASK_BLUR, MAX_PADDING, MAX_SIDE, MAX_TILE, PREVIEW_FRACTION
 from .models.wavelet import dwt, idwt, with_ll_band
-
-if TYPE_CHECKING:
-    from .pipeline import IrisPipeline
 
 MAX_UPSCALE_PIXELS = 4096 * 4096  # output pixels of one upscale call
 MAX_UPSCALE_SIDE = 16384
@@ -54,7 +52,7 @@ def _check_bool(name: str, value: Any) -> bool:
     raise InvalidInputError(f"{name} must be true or false, got {value!r}")
 
 
-def _check_common(pipe: IrisPipeline, prompt: Any, negative_prompt: Any, steps: Any, iterations: Any,
+def _check_common(pipe: IrisCore, prompt: Any, negative_prompt: Any, steps: Any, iterations: Any,
                   guidance: Any, seed: Any, sampler: Any, shift: Any, exit_threshold: Any,
                   ) -> tuple[str, str, Budget, int]:
     prompt = check_prompt(prompt)
@@ -71,7 +69,7 @@ def check_scale(value: Any) -> int:
     return scale
 
 
-def check_tile(pipe: IrisPipeline, value: Any) -> int:
+def check_tile(pipe: IrisCore, value: Any) -> int:
     """Tile size in output px: 0 (or None) disables tiling, else >= 2 grid cells, rounded down to the grid."""
     if value is None:
         return 0
@@ -94,18 +92,18 @@ def check_window(start: Any, end: Any) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------------ sizes
-def _to_grid(pipe: IrisPipeline, value: float) -> int:
+def _to_grid(pipe: IrisCore, value: float) -> int:
     f = pipe.latent_factor
     return int(min(MAX_SIDE // f * f, max(f, round(value / f) * f)))
 
 
-def fit_grid(pipe: IrisPipeline, width: int, height: int, longest: int = MAX_SIDE) -> tuple[int, int]:
+def fit_grid(pipe: IrisCore, width: int, height: int, longest: int = MAX_SIDE) -> tuple[int, int]:
     """The grid size an image of (width, height) is worked at: scaled down to fit `longest`, rounded."""
     s = min(1.0, longest / max(width, height))
     return _to_grid(pipe, width * s), _to_grid(pipe, height * s)
 
 
-def native_grid(pipe: IrisPipeline, width: int, height: int) -> tuple[int, int]:
+def native_grid(pipe: IrisCore, width: int, height: int) -> tuple[int, int]:
     """A grid size with the aspect ratio of (width, height) and the longer side at the model's resolution."""
     s = pipe.config.resolution / max(width, height)
     return _to_grid(pipe, width * s), _to_grid(pipe, height * s)
@@ -124,7 +122,7 @@ def sdedit_start(strength: float, shift: float) -> float:
     return strength / (shift - (shift - 1.0) * strength)
 
 
-def sdedit(pipe: IrisPipeline, z_clean: torch.Tensor, noise: torch.Tensor, prompt: str, negative_prompt: str,
+def sdedit(pipe: IrisCore, z_clean: torch.Tensor, noise: torch.Tensor, prompt: str, negative_prompt: str,
            budget: Budget, seed: int, strength: float, *,
            residual: Callable[[float], torch.Tensor | None] | None = None,
            on_preview: PreviewCallback | None = None, preview_fraction: float | None = PREVIEW_FRACTION,
@@ -148,7 +146,7 @@ def _add_timings(total: dict[str, float], part: dict[str, float]) -> None:
 
 
 def edit(
-    pipe: IrisPipeline,
+    pipe: IrisCore,
     image: Any,
     prompt: str = "",
     negative_prompt: str = "",
@@ -214,7 +212,7 @@ def latent_mask(region_mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def inpaint(
-    pipe: IrisPipeline,
+    pipe: IrisCore,
     image: Any,
     mask: Any,
     prompt: str = "",
@@ -389,7 +387,7 @@ class _Progress:
         return forward
 
 
-def _upscale_2x(pipe: IrisPipeline, low_img: Image.Image, prompt: str, negative_prompt: str, budget: Budget,
+def _upscale_2x(pipe: IrisCore, low_img: Image.Image, prompt: str, negative_prompt: str, budget: Budget,
                 seed: int, strength: float, tile: int, overlap: int, progress: _Progress,
                 preview_fraction: float | None, timings: dict[str, float]) -> Image.Image:
     low = np.asarray(low_img)
@@ -438,7 +436,7 @@ def _upscale_2x(pipe: IrisPipeline, low_img: Image.Image, prompt: str, negative_
     return Image.fromarray(match_low_res(blended, low))
 
 
-def first_pass_2x(pipe: IrisPipeline, low: torch.Tensor, tile: int = 256) -> torch.Tensor:
+def first_pass_2x(pipe: IrisCore, low: torch.Tensor, tile: int = 256) -> torch.Tensor:
     """The start of a 2x upscale: the model's learned pixel upscaler (bicubic where it has none).
 
     low [1, 3, h, w] in [-1, 1] -> [1, 3, 2h, 2w] in [-1, 1], on the CPU. The upscaler runs in tiles of
@@ -465,7 +463,7 @@ def first_pass_2x(pipe: IrisPipeline, low: torch.Tensor, tile: int = 256) -> tor
 
 
 def upscale(
-    pipe: IrisPipeline,
+    pipe: IrisCore,
     image: Any,
     scale: int = 2,
     prompt: str = "",
@@ -526,13 +524,13 @@ def upscale(
 
 
 # ---------------------------------------------------------------------------------------------- control
-def control_kinds(pipe: IrisPipeline) -> list[str]:
+def control_kinds(pipe: IrisCore) -> list[str]:
     """The control kinds this model has adapters for."""
     return sorted(name.removeprefix("control_") for name in pipe.adapters if name.startswith("control_"))
 
 
 def control(
-    pipe: IrisPipeline,
+    pipe: IrisCore,
     control_image: Any,
     prompt: str = "",
     negative_prompt: str = "",

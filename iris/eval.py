@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .judge import half_view
 from .train.emoji import COLORS, EMOJI, EmojiScenes, Scene, SceneConfig
 
 __all__ = [
@@ -115,35 +116,6 @@ class EmojiClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ views
-def _border_color(a: np.ndarray) -> tuple[int, int, int]:
-    """Median colour of an [H, W, 3] uint8 array's border pixels (the background of a scene-like image)."""
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)
-    return tuple(int(v) for v in np.median(border, axis=0))  # type: ignore[return-value]
-
-
-def _pad_square(image: Image.Image) -> Image.Image:
-    """Centre a non-square image on a square canvas of its background (border-median) colour."""
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), _border_color(np.asarray(image)))
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
-def half_view(image: Image.Image, side: str) -> Image.Image:
-    """The `side` ("left", "right", "top", "bottom") half of an image, padded to a square with its
-    background colour: the view the position metric classifies (and the classifier trains on)."""
-    image = image.convert("RGB")
-    w, h = image.size
-    boxes = {"left": (0, 0, w // 2, h), "right": (w // 2, 0, w, h), "top": (0, 0, w, h // 2),
-             "bottom": (0, h // 2, w, h)}
-    if side not in boxes:
-        raise ValueError(f"side must be left, right, top or bottom, got {side!r}")
-    return _pad_square(image.crop(boxes[side]))
-
-
 def region_view(image: Image.Image, box: tuple[int, int, int, int], context: float = 1.6) -> Image.Image:
     """A square crop around `box` (x0, y0, x1, y1), `context` times its longer side (clamped to the image)."""
     image = image.convert("RGB")

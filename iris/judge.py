@@ -38,7 +38,7 @@ from torch import nn
 from .train.emoji import COLORS, EMOJI, _gradient, _shade, find_emoji_font, render_sprite
 
 __all__ = [
-    "INPUT_SIZE", "JUDGE_VERSION", "EmojiJudge", "JudgeVerdict", "default_judge_path", "font_emoji",
+    "INPUT_SIZE", "JUDGE_VERSION", "EmojiJudge", "JudgeVerdict", "default_judge_path", "font_emoji", "half_view",
     "judge_images", "judge_accuracy", "load_judge", "render_view", "save_judge", "train_judge",
 ]
 
@@ -133,10 +133,33 @@ def _paste(image: Image.Image, char: str, side: int, x: int, y: int) -> None:
     image.paste(sprite, (x + (side - w) // 2, y + (side - h) // 2), sprite)
 
 
-def _half(image: Image.Image, side: str) -> Image.Image:
-    from .eval import half_view
+def _border_color(a: np.ndarray) -> tuple[int, int, int]:
+    """Median colour of an [H, W, 3] uint8 array's border pixels (the background of a scene-like image)."""
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)
+    return tuple(int(v) for v in np.median(border, axis=0))  # type: ignore[return-value]
 
-    return half_view(image, side)
+
+def _pad_square(image: Image.Image) -> Image.Image:
+    """Centre a non-square image on a square canvas of its background (border-median) colour."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), _border_color(np.asarray(image)))
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def half_view(image: Image.Image, side: str) -> Image.Image:
+    """The `side` ("left", "right", "top", "bottom") half of an image, padded to a square with its
+    background colour: the view the position metric classifies (and the classifier trains on)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    boxes = {"left": (0, 0, w // 2, h), "right": (w // 2, 0, w, h), "top": (0, 0, w, h // 2),
+             "bottom": (0, h // 2, w, h)}
+    if side not in boxes:
+        raise ValueError(f"side must be left, right, top or bottom, got {side!r}")
+    return _pad_square(image.crop(boxes[side]))
 
 
 def render_view(chars: Sequence[str], seed: int) -> tuple[Image.Image, int, int]:
@@ -173,7 +196,7 @@ def render_view(chars: Sequence[str], seed: int) -> tuple[Image.Image, int, int]
     if kind < 0.85:
         j = rng.randrange(2)
         names = ("left", "right") if horizontal else ("top", "bottom")
-        return _half(image, names[j]), pair[j], color
+        return half_view(image, names[j]), pair[j], color
     return image, -100, color
 
 

@@ -1,0 +1,414 @@
+"""IrisCore: one loaded model and the denoising loop every task runs: load and save, encode and decode text and
+images, check budgets and say what they cost, and `denoise` a latent from any time to 0 with live previews.
+`generate` (text to image) is its first task; the editing tasks build on `denoise` in `iris.editing`, and
+`iris.pipeline.IrisPipeline` puts them all behind one object.
+
+A budget is (steps, iterations): `steps` sampler steps, each running the core `iterations` times.
+`on_preview(event)` is called after every core iteration; `event.image` holds a cheap preview of the
+image the model would give if stopped there (throttled to a share of the run time, None otherwise).
+Raise `GenerationCancelled` from it to stop a run.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from . import sampling
+from .budget import Budget, BudgetCost, IrisResult, PreviewCallback, PreviewEvent, PreviewThrottle
+from .config import IrisConfig, variant_config
+from .errors import GenerationCancelled, InvalidInputError, ModelLoadError
+from .hub import load_weights, resolve_model, save_weights, stored_float_dtype
+from .inputs import check_device, check_float, check_int, check_prompt, check_seed, round_size, tensor_to_pil
+from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, PREVIEW_FRACTION, max_model_parameters
+from .models.generator import IrisGenerator, TextCondition
+from .models.text import TextEncoder, build_text_encoder
+from .models.vae import PreviewDecoder, WaveletVAE
+
+
+def count_parameters(config: IrisConfig) -> int:
+    """The parameters a config implies, counted on the meta device: no memory is allocated."""
+    from .models.adapters import build_adapter
+
+    with torch.device("meta"):
+        parts = [IrisGenerator(config.generator), WaveletVAE(config.vae), build_text_encoder(config.text)]
+        parts += [build_adapter(name, config) for name in config.adapters]
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+class IrisCore:
+    """Text encoder + generator + WaveletVAE (+ preview decoder and optional adapters), and the loop that runs them."""
+
+    def __init__(
+        self,
+        config: IrisConfig,
+        generator: IrisGenerator,
+        vae: WaveletVAE,
+        text_encoder: TextEncoder,
+        previewer: PreviewDecoder | None = None,
+        adapters: dict[str, nn.Module] | None = None,
+        source: str = "",
+    ):
+        self.config = config
+        self.generator = generator.eval()
+        self.vae = vae.eval()
+        self.text_encoder = text_encoder.eval()
+        self.previewer = (previewer or PreviewDecoder(config.vae.latent_channels, config.vae.downsample)).eval()
+        self.adapters = nn.ModuleDict(adapters or {}).eval()
+        self.source = source
+        self._text_cache: OrderedDict[str, TextCondition] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: IrisConfig, seed: int = 0, source: str = "", half_text_weights: bool = False,
+                    ) -> IrisCore:
+        """A pipeline with freshly initialised (random, seeded) weights.
+
+        half_text_weights: hold a CLIP text encoder's weights in fp16, computing in fp32 (`ClipTextEncoder`).
+        """
+        from .models.adapters import build_adapter
+
+        seed = check_seed(seed)  # torch.manual_seed overflows (a bare ValueError) beyond 64 bits
+        n, limit = count_parameters(config), max_model_parameters()
+        if n > limit:
+            raise ModelLoadError(f"the model config asks for {n / 1e6:,.0f}M parameters, over the limit of "
+                                 f"{limit / 1e6:,.0f}M (set IRIS_MAX_PARAMETERS to allow more)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            generator = IrisGenerator(config.generator)
+            vae = WaveletVAE(config.vae)
+            text = build_text_encoder(config.text, half_weights=half_text_weights)
+            adapters = {name: build_adapter(name, config) for name in config.adapters}
+        return cls(config, generator, vae, text, adapters=adapters, source=source or f"random:{config.name}")
+
+    @classmethod
+    def from_variant(cls, name: str, seed: int = 0) -> IrisCore:
+        """A random-weight pipeline of a named variant (nano, tiny, small, base), for tests and benchmarks."""
+        return cls.from_config(variant_config(name), seed=seed, source=f"random:{name}")
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path | None = None, device: str | torch.device = "cpu",
+                        ) -> IrisCore:
+        """Load a model folder (config.json + *.safetensors), a hub id, or None for the bundled demo."""
+        folder = resolve_model(path_or_hub_id)
+        config = IrisConfig.load(folder / "config.json")
+
+        def weights(name: str) -> Path:
+            """This folder's file, else the `shares` sibling's (a plain folder name beside this one)."""
+            own = folder / name
+            if own.is_file() or not config.shares:
+                return own
+            shared = folder.parent / config.shares / name
+            return shared if shared.is_file() else own
+
+        text_file = weights("text_encoder.safetensors")
+        # CLIP weights stored in fp16 stay fp16 in memory (half of their fp32 size; nothing lost)
+        half_text = text_file.is_file() and stored_float_dtype(text_file) == torch.float16
+        device = check_device(device)
+        try:
+            pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text)
+        except ModelLoadError:
+            raise
+        except Exception as err:
+            raise ModelLoadError(f"{folder / 'config.json'} describes an invalid model: {err}") from err
+        failure: str | None = None
+        try:
+            load_weights(pipe.generator, weights("generator.safetensors"))
+            load_weights(pipe.vae, weights("vae.safetensors"))
+            if text_file.is_file():
+                load_weights(pipe.text_encoder, text_file)
+            elif config.text.kind == "clip":
+                pipe.text_encoder.load_hub_weights()  # type: ignore[attr-defined]
+            else:
+                raise ModelLoadError(f"{folder} has no text_encoder.safetensors for its built-in text encoder")
+            if weights("preview.safetensors").is_file():
+                load_weights(pipe.previewer, weights("preview.safetensors"))
+            for name, adapter in pipe.adapters.items():
+                load_weights(adapter, weights(f"adapters/{name}.safetensors"))
+        except ModelLoadError as err:
+            failure, error_type = str(err), type(err)
+        if failure is not None:
+            # raised out here, with no traceback into the loading frames, so the half-loaded model is freed now
+            del pipe
+            gc.collect()
+            raise error_type(failure)
+        return pipe.to(device)
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json and safetensors weights that `from_pretrained` reads (dtype e.g. torch.float16)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = IrisConfig.from_dict(self.config.to_dict())
+        config.adapters = list(self.adapters.keys())
+        config.save(folder / "config.json")
+        save_weights(self.generator, folder / "generator.safetensors", dtype)
+        save_weights(self.vae, folder / "vae.safetensors", dtype)
+        save_weights(self.text_encoder, folder / "text_encoder.safetensors", dtype)
+        save_weights(self.previewer, folder / "preview.safetensors")
+        if len(self.adapters):
+            (folder / "adapters").mkdir(exist_ok=True)
+            for name, adapter in self.adapters.items():
+                save_weights(adapter, folder / "adapters" / f"{name}.safetensors", dtype)
+        return folder
+
+    def to(self, device: str | torch.device) -> IrisCore:
+        device = check_device(device)
+        for module in (self.generator, self.vae, self.text_encoder, self.previewer, self.adapters):
+            module.to(device)
+        self._text_cache.clear()
+        return self
+
+    def compile(self) -> IrisCore:
+        """Compile the core iteration with `torch.compile` (opt-in; 1.25x per NFE for nano at 128 px on a 2-core
+        CPU after ~20 s of compiling, once per resolution and batch size). Switches the scan to its static
+        "blocked" form, which has no data-dependent shapes."""
+        from .models.grfm import RGLRU
+
+        for module in self.generator.modules():
+            if isinstance(module, RGLRU):
+                module.method = "blocked"
+        eager = type(self.generator).iterate.__get__(self.generator)
+        self.generator.iterate = torch.compile(eager, dynamic=False)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent-grid cell along a side (VAE downsampling x generator patch size)."""
+        return self.config.vae.downsample * self.config.generator.patch_size
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per part."""
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        parts = {"generator": count(self.generator), "vae": count(self.vae), "text_encoder": count(self.text_encoder)}
+        for name, adapter in self.adapters.items():
+            parts[f"adapter:{name}"] = count(adapter)
+        return parts
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` the model's text encoder does not know (they all become one unknown token);
+        always empty for an open vocabulary such as CLIP's."""
+        return self.text_encoder.unknown_words(check_prompt(prompt))
+
+    def known_words(self) -> list[str] | None:
+        """The words the model's text encoder knows, or None when its vocabulary is open (CLIP)."""
+        return self.text_encoder.known_words()
+
+    def effective_depth(self, iterations: int) -> int:
+        """Layers run per NFE: prelude (2) + iterations x core layers + coda (2)."""
+        return 2 + iterations * self.config.generator.core_layers + 2
+
+    def cost(self, steps: Any = None, iterations: Any = None, guidance: Any = None, sampler: str | None = None
+             ) -> BudgetCost:
+        """The network evaluations, core passes and effective depth of a budget (defaults: the model's)."""
+        b = self.check_budget(steps, iterations, guidance, sampler)
+        calls = sampling.velocity_calls(b.sampler, b.steps)
+        nfe = calls * sum(sampling.guidance_branches(b.guidance))
+        return BudgetCost(calls, nfe, nfe * b.iterations, self.effective_depth(b.iterations))
+
+    # ------------------------------------------------------------------------------------------ checking
+    def check_budget(self, steps: Any = None, iterations: Any = None, guidance: Any = None,
+                     sampler: str | None = None, shift: Any = None, exit_threshold: Any = None) -> Budget:
+        """Validate budget settings, filling defaults from the model config."""
+        d = self.config.sampler
+        sampler = sampler or d.sampler
+        if sampler not in sampling.SAMPLERS:
+            raise InvalidInputError(f"sampler must be one of {', '.join(sampling.SAMPLERS)}, got {sampler!r}")
+        return Budget(
+            steps=check_int("steps", d.steps if steps is None else steps, 1, MAX_STEPS),
+            iterations=check_int("iterations", d.iterations if iterations is None else iterations, 1,
+                                 self.config.generator.max_iterations),
+            guidance=check_float("guidance", d.guidance if guidance is None else guidance, 0.0, MAX_GUIDANCE),
+            sampler=sampler,
+            shift=check_float("shift", d.shift if shift is None else shift, 0.05, 20.0),
+            exit_threshold=None if exit_threshold in (None, 0, 0.0)
+            else check_float("exit_threshold", exit_threshold, 0.0, 1.0),
+        )
+
+    def check_size(self, width: Any, height: Any) -> tuple[int, int]:
+        """Width and height rounded to the latent grid (default: the model's native resolution)."""
+        f, native = self.latent_factor, self.config.resolution
+        w = round_size("width", native if width is None else width, f, 1, MAX_SIDE)
+        h = round_size("height", native if height is None else height, f, 1, MAX_SIDE)
+        return w, h
+
+    # ---------------------------------------------------------------------------------------- internals
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str]) -> TextCondition:
+        """Per-token text states for prompts, cached by prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            cond = self.text_encoder.encode(missing)
+            for i, p in enumerate(missing):
+                mask = None if cond.mask is None else cond.mask[i : i + 1]
+                self._text_cache[p] = TextCondition(cond.tokens[i : i + 1], mask)
+                while len(self._text_cache) > 64:
+                    self._text_cache.popitem(last=False)
+        for p in prompts:
+            self._text_cache.move_to_end(p)
+        parts = [self._text_cache[p] for p in prompts]
+        mask = None if parts[0].mask is None else torch.cat([c.mask for c in parts])
+        return TextCondition(torch.cat([c.tokens for c in parts]), mask)
+
+    def initial_noise(self, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Gaussian noise from a seeded CPU generator (same seed, same noise on every device)."""
+        g = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn(shape, generator=g).to(self.device)
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        with torch.inference_mode():
+            return tensor_to_pil(self.vae.decode(latents))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> scaled latents (posterior mean)."""
+        with torch.inference_mode():
+            return self.vae.encode(images.to(self.device))
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        prompt: str,
+        negative_prompt: str,
+        budget: Budget,
+        seed: int,
+        *,
+        start: float = 1.0,
+        residual: Callable[[float], torch.Tensor | None] | None = None,
+        on_step: Callable[[int, float, torch.Tensor], torch.Tensor | None] | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_fraction: float | None = PREVIEW_FRACTION,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Integrate `latents` [B, C, h, w] (noisy at time `start`) to t = 0. The engine of every task.
+
+        residual(t) -> [B, D, h, w] or None: adapter features added to the prelude (control, inpaint).
+        on_step(i, t_next, z) -> replacement z or None, after each sampler step (inpainting).
+        """
+        b = latents.shape[0]
+        with_prompt, with_negative = sampling.guidance_branches(budget.guidance)
+        use_cfg = with_prompt and with_negative
+        if use_cfg:
+            cond, uncond = self.encode_text([prompt] * b), self.encode_text([negative_prompt] * b)
+            if cond.tokens.shape[1] != uncond.tokens.shape[1]:
+                raise InvalidInputError("prompt and negative prompt encode to different lengths")
+            mask = None if cond.mask is None else torch.cat([cond.mask, uncond.mask])
+            text = TextCondition(torch.cat([cond.tokens, uncond.tokens]), mask)
+        else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
+            text = self.encode_text([prompt if with_prompt else negative_prompt] * b)
+        timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
+        state_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "core_state"))
+        noise_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "consistency"))
+        throttle = PreviewThrottle(preview_fraction)
+        gen = self.generator
+        t0 = time.perf_counter()
+        calls = 0
+
+        def velocity(z: torch.Tensor, t: float, step: int) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            zz = torch.cat([z, z]) if use_cfg else z
+            tt = torch.full((zz.shape[0],), t, device=z.device)
+            extra = residual(t) if residual is not None else None
+            if extra is not None and use_cfg:
+                extra = torch.cat([extra, extra])
+            c = gen.condition(tt, text)
+            e = gen.embed(zz, c, extra)
+            s = gen.initial_state(e[:b], state_gen)  # the guided and unguided halves share s_0
+            s = torch.cat([s, s]) if use_cfg else s
+            guided = lambda v: sampling.cfg_combine(*v.chunk(2), budget.guidance) if use_cfg else v
+            for i in range(1, budget.iterations + 1):
+                s_next = gen.iterate(s, e, c, text, i)
+                done = False
+                if budget.exit_threshold is not None:
+                    change = (s_next - s).flatten(1).norm(dim=1) / s_next.flatten(1).norm(dim=1).clamp_min(1e-8)
+                    done = bool((change < budget.exit_threshold).all())
+                s = s_next
+                if on_preview is not None:
+                    image = None
+                    if throttle.allow():
+                        t_start = time.perf_counter()
+                        x0 = sampling.predicted_x0(z[:1], guided(gen.decode(s, e, c))[:1], t)
+                        image = tensor_to_pil(self.previewer(x0))[0]
+                        throttle.record(time.perf_counter() - t_start)
+                    on_preview(PreviewEvent(step + 1, budget.steps, i, budget.iterations, image,
+                                            time.perf_counter() - t0))
+                if done:
+                    break
+            return guided(gen.decode(s, e, c))
+
+        def step_hook(i: int, z: torch.Tensor) -> torch.Tensor | None:
+            return on_step(i, timesteps[i + 1], z) if on_step is not None else None
+
+        noise_fn = lambda i: self.initial_noise_like(latents, noise_gen)
+        out = sampling.sample(velocity, latents, timesteps, budget.sampler, noise_fn, step_hook)
+        if timings is not None:
+            timings.update(sampling_s=time.perf_counter() - t0, preview_s=throttle.spent, nfe=calls * (1 + use_cfg))
+        return out
+
+    def initial_noise_like(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(latents.shape, generator=generator).to(latents)
+
+    def base_params(self, task: str, prompt: str, negative_prompt: str, budget: Budget, seed: int,
+                    width: int, height: int) -> dict[str, Any]:
+        """The settings every task records in `IrisResult.params`."""
+        return {
+            "task": task, "model": self.config.name, "model_source": self.source, "prompt": prompt,
+            "negative_prompt": negative_prompt, "steps": budget.steps, "iterations": budget.iterations,
+            "guidance": budget.guidance, "sampler": budget.sampler, "shift": budget.shift,
+            "exit_threshold": budget.exit_threshold, "seed": seed, "width": width, "height": height,
+        }
+
+    # ------------------------------------------------------------------------------------------- tasks
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        steps: int | None = None,
+        iterations: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int = 1,
+        sampler: str | None = None,
+        shift: float | None = None,
+        exit_threshold: float | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_fraction: float | None = PREVIEW_FRACTION,
+    ) -> IrisResult:
+        """Text to image. Sizes are rounded to multiples of `latent_factor`; defaults come from the config."""
+        prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative_prompt")
+        budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold)
+        seed = check_seed(seed)
+        width, height = self.check_size(width, height)
+        n = check_int("num_images", num_images, 1, MAX_IMAGES)
+        t0 = time.perf_counter()
+        shape = (n, self.config.vae.latent_channels, height // self.config.vae.downsample,
+                 width // self.config.vae.downsample)
+        timings: dict[str, float] = {}
+        z = self.denoise(self.initial_noise(seed, shape), prompt, negative_prompt, budget, seed,
+                         on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
+        images = self.decode(z)
+        timings["total_s"] = time.perf_counter() - t0
+        params = self.base_params("generate", prompt, negative_prompt, budget, seed, width, height)
+        params["num_images"] = n
+        return IrisResult(images, params, z, timings)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in self.num_parameters().items())
+        return f"{type(self).__name__}({self.config.name}, {parts}, device={self.device})"
+
+
+__all__ = ["IrisCore", "IrisResult", "PreviewEvent", "GenerationCancelled", "Budget", "count_parameters"]
