@@ -565,3 +565,30 @@ def test_random_blur_softens_the_chosen_share():
     tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean(dim=(1, 2, 3))
     assert bool((tv(y) < 0.6 * tv(x)).all())
     assert torch.allclose(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)  # a blur keeps the mean
+
+
+def test_assembled_student_shares_all_but_its_generator(base_model, tmp_path):
+    import shutil
+
+    from iris.errors import ModelLoadError
+    from iris.train.assemble import assemble_student
+
+    teacher = tmp_path / "models" / "teacher"
+    shutil.copytree(base_model, teacher)
+    student = IrisPipeline.from_pretrained(teacher)
+    with torch.no_grad():
+        next(student.generator.parameters()).add_(1.0)
+    export = student.save_pretrained(tmp_path / "export")
+    out = assemble_student(str(export), str(teacher), str(tmp_path / "models" / "fast"), "fast", 2, 3, None)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generator.safetensors"]
+    loaded = IrisPipeline.from_pretrained(out)
+    s = loaded.config.sampler
+    assert loaded.config.shares == "teacher" and (s.steps, s.iterations) == (2, 3)
+    assert torch.equal(next(loaded.generator.parameters()), next(student.generator.parameters()))
+    with torch.no_grad():
+        next(student.vae.parameters()).add_(1.0)
+    other = student.save_pretrained(tmp_path / "export2")
+    with pytest.raises(ModelLoadError, match="vae"):
+        assemble_student(str(other), str(teacher), str(tmp_path / "models" / "fast2"), "x", None, None, None)
+    with pytest.raises(ModelLoadError, match="beside"):
+        assemble_student(str(export), str(teacher), str(tmp_path / "elsewhere" / "fast"), "x", None, None, None)

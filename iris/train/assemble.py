@@ -5,6 +5,14 @@
 
 The base export supplies the generator and text encoder; `--vae` replaces the VAE (and preview decoder)
 by one that shares its latent space; each `--adapters` export contributes the adapters it holds.
+
+A student that shares everything but its generator with a sibling folder (a distilled model):
+
+    python -m iris.train.assemble --base runs/demo/distill_fast/export --shares assets/models/iris-nano-emoji \
+        --out assets/models/iris-nano-emoji-fast --name iris-nano-fast --steps 2 --iterations 4
+
+writes only config.json (with `shares`) and generator.safetensors; every file identical to the sibling's
+(VAE, text encoder, preview decoder, adapters) is read from there. A part that differs is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +44,37 @@ def assemble(base: str, vae: str | None, adapters: list[str], out: str, dtype: t
     return pipe.save_pretrained(out, dtype=dtype)
 
 
+def assemble_student(base: str, sibling: str, out: str, name: str, steps: int | None, iterations: int | None,
+                     dtype: torch.dtype | None) -> Path:
+    """A folder holding `base`'s generator and config, sharing every other part with the `sibling` folder."""
+    import shutil
+
+    from ..hub import save_weights
+
+    pipe, other = IrisPipeline.from_pretrained(base), IrisPipeline.from_pretrained(sibling)
+    for part in ("vae", "text_encoder", "previewer"):
+        mine, theirs = getattr(pipe, part).state_dict(), getattr(other, part).state_dict()
+        if mine.keys() != theirs.keys() or any(not torch.allclose(mine[k].float(), theirs[k].float(), atol=1e-3)
+                                               for k in mine):
+            raise ModelLoadError(f"{base}'s {part} differs from {sibling}'s: it cannot be shared")
+    folder = Path(out)
+    if Path(sibling).resolve().parent != folder.resolve().parent:
+        raise ModelLoadError(f"{out} must sit beside {sibling}: a shared folder is a sibling")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = pipe.config
+    config.name, config.shares = name or config.name, Path(sibling).name
+    config.adapters = list(other.adapters.keys())
+    if steps:
+        config.sampler.steps = steps
+    if iterations:
+        config.sampler.iterations = iterations
+    config.save(folder / "config.json")
+    save_weights(pipe.generator, folder / "generator.safetensors", dtype)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m iris.train.assemble", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,9 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", nargs="*", default=[], help="exports whose adapters are added")
     p.add_argument("--out", required=True)
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
+    p.add_argument("--shares", help="a sibling model folder: write only the base's generator and config, sharing "
+                   "the rest with it")
+    p.add_argument("--name", default="", help="with --shares: the model's name")
+    p.add_argument("--steps", type=int, help="with --shares: the default sampler steps")
+    p.add_argument("--iterations", type=int, help="with --shares: the default core iterations")
     args = p.parse_args(argv)
+    dtype = None if args.fp32 else torch.float16
     try:
-        path = assemble(args.base, args.vae, args.adapters, args.out, None if args.fp32 else torch.float16)
+        if args.shares:
+            path = assemble_student(args.base, args.shares, args.out, args.name, args.steps, args.iterations, dtype)
+        else:
+            path = assemble(args.base, args.vae, args.adapters, args.out, dtype)
     except IrisError as err:
         print(f"assemble: {err}", file=sys.stderr)
         return 2
