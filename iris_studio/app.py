@@ -40,6 +40,7 @@ log = logging.getLogger("iris_studio")
 GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
 PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
 RUN_GROUP = "iris-run"  # every generation shares one concurrency slot
+QUEUE_SIZE = 64  # runs waiting at most: 20 clients with two jobs each fit, with room to spare
 IMAGE_INPUT_NAMES = {
     "generate": (),
     "inpaint": ("image", "mask"),
@@ -934,7 +935,7 @@ def launch(
     quiet: bool = False,
     allowed_hosts: tuple[str, ...] = (),
 ) -> Any:
-    """Queue (one generation at a time, at most 20 waiting) and serve. Files are served from the output folder
+    """Queue (one generation at a time, at most QUEUE_SIZE waiting) and serve. Files are served from the output folder
     only (and gradio's own cache). Requests whose Host header names another machine are refused (see
     `iris_studio.hosts`): a loopback bind answers loopback names and `allowed_hosts` only."""
     studio: Studio = demo.studio  # type: ignore[attr-defined]
@@ -948,7 +949,7 @@ def launch(
 
     # gradio decodes uploads with PIL before a handler runs: PIL refuses images over 2 x MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
-    demo.queue(default_concurrency_limit=1, max_size=20)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     kwargs: dict[str, Any] = dict(
         server_name=host,
         server_port=port,

@@ -107,7 +107,7 @@ def test_twenty_concurrent_sessions_complete_or_get_queue_full(studio):
 
 
 def test_more_sessions_than_the_queue_holds_get_a_clear_answer(studio):
-    """30 at once against a queue of 20: the extra ones (if the queue is full when they arrive) are told so."""
+    """30 at once: all fit in the queue (64); any refused (a queue full when they arrive) are told so."""
     app, _ = studio
     outcomes = run_sessions(app.url, 30, "burst")
     for kind, value in outcomes:
