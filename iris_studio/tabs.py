@@ -173,7 +173,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                         gr.Image(
                             label="Mask",
                             type="pil",
-                            image_mode="L",
+                            image_mode=None,  # as uploaded: an alpha-only mask keeps its alpha for the engine
                             format="png",
                             height=200,
                             sources=["upload", "clipboard"],
@@ -201,6 +201,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     gr.Image(
                         label="Input image",
                         type="pil",
+                        image_mode=None,  # as uploaded: 16-bit and alpha reach the engine, which converts them
                         format="png",
                         height=300,
                         sources=["upload", "clipboard"],

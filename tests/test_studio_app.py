@@ -220,3 +220,22 @@ def test_unknown_words_are_named_under_the_prompt(tmp_path):
     note = studio.vocab_md("a kitten on a beach")
     assert "**kitten**" in note and "**beach**" in note and "Words this model knows" in note and "apple" in note
     assert studio.vocab_md("a red apple on a blue background") == "" and studio.vocab_md("") == ""
+
+
+def test_uploads_keep_16_bit_values_and_alpha_for_the_engine(studio, tmp_path):
+    """The edit/upscale inputs and the mask upload hand the engine the file's own mode: a 16-bit gradient keeps
+    its range (gradio's RGB conversion would clip it to white) and an alpha-only mask keeps its region."""
+    from gradio.data_classes import FileData
+
+    from iris.inputs import open_image, open_mask
+
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    for task in ("edit", "upscale"):
+        got = studio.tabs[task].images[0].preprocess(FileData(path=str(tmp_path / "g16.png")))
+        assert 120 < np.asarray(open_image(got)).mean() < 135, task
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    got = studio.tabs["inpaint"].images[1].preprocess(FileData(path=str(tmp_path / "alpha.png")))
+    assert np.asarray(open_mask(got, (32, 32))).sum() == 255 * 256
