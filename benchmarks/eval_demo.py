@@ -1,6 +1,6 @@
 """Evaluate a model (default: the bundled demo) with the strict judge (`iris.judge`, shipped weights).
 
-    python benchmarks/eval_demo.py                                   # demo model, 60 + 20 prompts x 2 seeds
+    python benchmarks/eval_demo.py                                   # the demo model and its distilled student
     python benchmarks/eval_demo.py --model /tmp/nano_rand --prompts 8 --budgets 1x2
     python benchmarks/eval_demo.py --compare-untrained --out results.json
     python benchmarks/eval_demo.py --legacy-classifier               # also the old 207-way classifier's number
@@ -22,7 +22,17 @@ from pathlib import Path
 import torch
 
 from iris import IrisPipeline
-from iris.eval import DEFAULT_STEPS, TASKS, evaluate, format_markdown, get_classifier, parse_budgets
+from iris.eval import (
+    DEFAULT_BUDGETS,
+    DEFAULT_STEPS,
+    DISTILLED_BUDGETS,
+    TASKS,
+    evaluate,
+    format_markdown,
+    get_classifier,
+    parse_budgets,
+)
+from iris.hub import demo_model_path
 from iris.judge import load_judge
 
 
@@ -42,7 +52,9 @@ def _jsonable(value):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled demo model)")
+    p.add_argument("--model", default=None,
+                   help="model folders or hub ids, comma-separated ('demo' and 'fast': the bundled model and its "
+                        "distilled student; default: both, the student when installed)")
     p.add_argument("--prompts", type=int, default=60, help="held-out single-sprite prompts (each in one of five "
                    "phrasings)")
     p.add_argument("--pairs", type=int, default=None, help="held-out two-sprite prompts (default prompts // 3)")
@@ -50,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge", default=None, help="judge weights (default: the shipped assets/eval/ file)")
     p.add_argument("--legacy-classifier", action="store_true",
                    help="also report the old 207-way classifier's emoji accuracy")
-    p.add_argument("--budgets", default="1x4,4x4,4x8,8x16", help="steps x iterations, comma-separated")
+    p.add_argument("--budgets", default=None,
+                   help="steps x iterations, comma-separated (default: " + ",".join(f"{s}x{r}" for s, r in
+                   DEFAULT_BUDGETS) + "; for a distilled model " + ",".join(f"{s}x{r}" for s, r in
+                   DISTILLED_BUDGETS) + ")")
     p.add_argument("--task-budget", default=None, help="budget of the upscale/inpaint/control runs, e.g. 4x8 "
                    "(default: the model's sampler defaults)")
     p.add_argument("--task-scenes", type=int, default=None,
@@ -69,25 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads))
-    budgets = parse_budgets(args.budgets)
     tb = parse_budgets(args.task_budget)[0] if args.task_budget else None
     tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
+    specs = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else ["demo"] + (
+        ["fast"] if (demo_model_path(fast=True) / "config.json").is_file() else [])
 
     clf = get_classifier(steps=args.classifier_steps, log=_log) if args.legacy_classifier else None
     judge = load_judge(args.judge)
-    t0 = time.perf_counter()
-    pipe = IrisPipeline.from_pretrained(args.model, device=args.device)
-    _log(f"loaded {pipe!r} in {time.perf_counter() - t0:.1f}s")
-    kw = dict(n_prompts=args.prompts, budgets=budgets, seed=args.seed, classifier=clf, judge=judge,
-              n_pairs=args.pairs, seeds=args.seeds, task_budget=tb, n_task=args.task_scenes, tasks=tasks,
-              guidance=args.guidance, log=_log)
-    results = {"model": evaluate(pipe, **kw)}
-    print(format_markdown(results["model"], title=f"{pipe.config.name} ({args.model or 'demo'})"))
-    if args.compare_untrained:
-        untrained = IrisPipeline.from_config(pipe.config, seed=0, source=f"untrained:{pipe.config.name}")
-        untrained.to(args.device)
-        results["untrained"] = evaluate(untrained, **kw)
-        print(format_markdown(results["untrained"], title=f"{pipe.config.name}, untrained (random init, seed 0)"))
+    results = {}
+    for spec in specs:
+        t0 = time.perf_counter()
+        folder = {"demo": None, "fast": demo_model_path(fast=True)}.get(spec, spec)
+        pipe = IrisPipeline.from_pretrained(folder, device=args.device)
+        _log(f"loaded {pipe!r} in {time.perf_counter() - t0:.1f}s")
+        budgets = parse_budgets(args.budgets) if args.budgets else (
+            DISTILLED_BUDGETS if pipe.config.distilled else DEFAULT_BUDGETS)
+        kw = dict(n_prompts=args.prompts, budgets=budgets, seed=args.seed, classifier=clf, judge=judge,
+                  n_pairs=args.pairs, seeds=args.seeds, task_budget=tb, n_task=args.task_scenes,
+                  tasks=tasks if not pipe.config.distilled else [t for t in tasks if t != "vae"],
+                  guidance=args.guidance, log=_log)
+        results[spec] = evaluate(pipe, **kw)
+        print(format_markdown(results[spec], title=f"{pipe.config.name} ({spec})"))
+        if args.compare_untrained:
+            untrained = IrisPipeline.from_config(pipe.config, seed=0, source=f"untrained:{pipe.config.name}")
+            untrained.to(args.device)
+            results[f"{spec}:untrained"] = evaluate(untrained, **kw)
+            print(format_markdown(results[f"{spec}:untrained"],
+                                  title=f"{pipe.config.name}, untrained (random init, seed 0)"))
     if args.out:
         Path(args.out).write_text(json.dumps(_jsonable(results), indent=2) + "\n")
         _log(f"wrote {args.out}")

@@ -48,7 +48,8 @@ from .judge import half_view
 from .train.emoji import COLORS, EMOJI, EmojiScenes, Scene, SceneConfig
 
 __all__ = [
-    "CLASSIFIER_VERSION", "DEFAULT_BUDGETS", "DEFAULT_STEPS", "TASKS", "EmojiClassifier", "train_classifier",
+    "CLASSIFIER_VERSION", "DEFAULT_BUDGETS", "DISTILLED_BUDGETS", "DEFAULT_STEPS", "TASKS", "EmojiClassifier",
+    "train_classifier",
     "classifier_accuracy", "save_classifier", "load_classifier", "get_classifier", "default_cache_path",
     "classify", "frechet_distance", "frechet_from_stats", "position_accuracy", "half_view", "region_view",
     "psnr", "edge_f1", "evaluate", "eval_prompts", "phrase", "EvalPrompt", "SINGLE_PHRASINGS", "PAIR_PHRASINGS",
@@ -57,7 +58,9 @@ __all__ = [
 
 INPUT_SIZE = 64
 DEFAULT_STEPS = 2400
-DEFAULT_BUDGETS: tuple[tuple[int, int], ...] = ((1, 4), (4, 4), (4, 8), (8, 16))
+DEFAULT_BUDGETS: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (4, 8), (8, 16))
+# a distilled (consistency) student: 1, 2 and 4 steps at r = 2, 4 and 8
+DISTILLED_BUDGETS: tuple[tuple[int, int], ...] = tuple((s, r) for s in (1, 2, 4) for r in (2, 4, 8))
 TASKS = ("vae", "super_resolution", "inpaint", "control")
 MASK_DILATION = 6  # px (at 128 px) the inpainting mask grows beyond the sprite's box
 FEATURE_DIM = 128
