@@ -576,7 +576,7 @@ class Studio:
             # a reloaded page shows what is saved now, not what was saved when the app was built
             demo.load(self.settings_values, None, self._settings_inputs, queue=False, **PRIVATE)
             demo.load(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
-        readable_inputs(demo)
+        readable_inputs()
         return demo
 
     def switch_mode(self, mode: str) -> list[Any]:

@@ -44,31 +44,37 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def readable_inputs(blocks: gr.Blocks) -> None:
-    """Give every form control of `blocks` (sliders, numbers, menus, boxes) a one-line gr.Error for values
-    it cannot take through the API (text or None into a slider, a value off a menu, out of bounds), instead of
-    gradio's multi-line "Could not preprocess input component..." message and a console traceback."""
-    kinds = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.Checkbox, gr.CheckboxGroup, gr.Textbox)
-    for block in blocks.blocks.values():
-        if not isinstance(block, kinds) or getattr(block, "_iris_readable", False):
-            continue
-        inner, name = block.preprocess, str(block.label or block.elem_id or type(block).__name__).split(" (")[0]
-        wanted = {gr.Slider: "a number", gr.Number: "a number", gr.Checkbox: "true or false",
-                  gr.Textbox: "text"}.get(type(block), "one of the offered choices")
+READABLE_KINDS = {gr.Slider: "a number", gr.Number: "a number", gr.Checkbox: "true or false", gr.Textbox: "text",
+                  gr.Dropdown: "one of the offered choices", gr.Radio: "one of the offered choices",
+                  gr.CheckboxGroup: "one of the offered choices"}
 
-        def preprocess(payload: Any, inner=inner, name=name, wanted=wanted) -> Any:
+
+def readable_inputs() -> None:
+    """Give every form control (sliders, numbers, menus, boxes) a one-line gr.Error for values it cannot take
+    through the API (text or None into a slider, a value off a menu, out of bounds), instead of gradio's
+    multi-line "Could not preprocess input component..." message and a console traceback.
+
+    Patched on the component classes, once: gradio rebuilds a session's components from their settings
+    when an event updates them, so a wrapper on the instance would be lost."""
+    for kind, wanted in READABLE_KINDS.items():
+        if getattr(kind, "_iris_readable", False):
+            continue
+        inner = kind.preprocess
+
+        def preprocess(self: Any, payload: Any, inner=inner, wanted=wanted) -> Any:
+            name = str(self.label or self.elem_id or type(self).__name__).split(" (")[0]
             if payload is None and wanted in ("a number", "true or false"):
                 raise gr.Error(f"{name}: a value is required ({wanted})", print_exception=False)
             try:
-                return inner(payload)
+                return inner(self, payload)
             except Exception as err:  # noqa: BLE001 - gradio's own errors and the data model's alike
                 said = str(getattr(err, "message", "")).strip() if isinstance(err, gr.Error) else ""
                 detail = f" ({said.splitlines()[0][:120]})" if said else ""
                 message = f"{name} must be {wanted}, got {_shown(payload)}{detail}"
                 raise gr.Error(message, print_exception=False) from None
 
-        block.preprocess = preprocess
-        block._iris_readable = True
+        kind.preprocess = preprocess
+        kind._iris_readable = True
 
 
 def readable_upload(component: Any) -> Any:
@@ -275,8 +281,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     label="Seed (-1 = random)",
                     scale=4,
                     minimum=-1,
-                    maximum=limits.MAX_SEED,
-                    elem_id=f"{task}-seed",
+                    elem_id=f"{task}-seed",  # the engine checks the upper limit, and says it
                 )
                 randomize = gr.Button(
                     "🎲 Random",

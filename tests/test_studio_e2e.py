@@ -257,29 +257,6 @@ def test_errors_are_messages_not_tracebacks(studio, paths):
     assert is_image_path(result)
 
 
-def test_settings_survive_a_restart(studio, paths):
-    app, client = studio
-    saved = client.predict(negative_prompt="blurry", steps=3, iterations=5, guidance=2.5, width=0, height=0,
-                           live=True, preview_interval_ms=0, preview_cost=0.0, theme="ocean", edit_strength=0.7,
-                           upscale_strength=0.3, mask_blur=6, padding=16, api_name="/save_settings")
-    assert "Saved" in saved
-    app.stop()
-    again = StudioProcess(paths["model"], paths["config"], paths["out"], paths["base"] / "studio2.log")
-    try:
-        client2 = Client(again.url, verbose=False)
-        settings = client2.predict(api_name="/get_settings")
-        assert (settings["negative_prompt"], settings["steps"], settings["iterations"], settings["theme"]) == (
-            "blurry", 3, 5, "ocean")
-        values = {c["props"].get("elem_id"): c["props"].get("value") for c in client2.config["components"]}
-        assert values["generate-steps"] == 3 and values["generate-iterations"] == 5
-        assert values["inpaint-negative"] == "blurry" and values["edit-live"] is True
-        assert values["generate-guidance"] == 2.5
-        # history survives too
-        assert len(client2.predict(api_name="/gallery")["entries"]) >= 6
-    finally:
-        again.stop()
-
-
 def test_foreign_host_headers_are_refused(studio):
     """DNS rebinding: a page whose own name resolves to 127.0.0.1 sends that name as Host. The studio bound to
     127.0.0.1 answers loopback names only, on every route, with or without a matching Origin."""
@@ -373,3 +350,27 @@ def test_bad_api_values_get_one_line_messages(studio, bad):
     assert "Something went wrong" not in message
     name = next(iter(bad))
     assert name.split("_")[0] in message.lower() or "prompt" in message.lower(), message
+
+
+# last: it stops the module's studio and starts another on the same folders
+def test_settings_survive_a_restart(studio, paths):
+    app, client = studio
+    saved = client.predict(negative_prompt="blurry", steps=3, iterations=5, guidance=2.5, width=0, height=0,
+                           live=True, preview_interval_ms=0, preview_cost=0.0, theme="ocean", edit_strength=0.7,
+                           upscale_strength=0.3, mask_blur=6, padding=16, api_name="/save_settings")
+    assert "Saved" in saved
+    app.stop()
+    again = StudioProcess(paths["model"], paths["config"], paths["out"], paths["base"] / "studio2.log")
+    try:
+        client2 = Client(again.url, verbose=False)
+        settings = client2.predict(api_name="/get_settings")
+        assert (settings["negative_prompt"], settings["steps"], settings["iterations"], settings["theme"]) == (
+            "blurry", 3, 5, "ocean")
+        values = {c["props"].get("elem_id"): c["props"].get("value") for c in client2.config["components"]}
+        assert values["generate-steps"] == 3 and values["generate-iterations"] == 5
+        assert values["inpaint-negative"] == "blurry" and values["edit-live"] is True
+        assert values["generate-guidance"] == 2.5
+        # history survives too
+        assert len(client2.predict(api_name="/gallery")["entries"]) >= 6
+    finally:
+        again.stop()
