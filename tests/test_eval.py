@@ -281,13 +281,13 @@ def test_shipped_judge_names_clean_renders_among_every_emoji():
     judge = load_judge()
     assert len(judge.chars) >= 1300 and {e.char for e in EMOJI} <= set(judge.chars)
     acc = judge_accuracy(judge, n=400)  # fresh views, over all classes
-    assert acc["emoji_top1"] >= 0.6 and acc["emoji_top5"] >= 0.8 and acc["color"] >= 0.95, acc
+    assert acc["emoji_top1"] >= 0.85 and acc["emoji_top5"] >= 0.95 and acc["color"] >= 0.98, acc  # 92.5 / 97.9 / 100%
     prompts = ev.eval_prompts(40, 0, seeds=1)  # the real renders of the held-out evaluation scenes
     from iris.judge import judge_images
 
     verdict = judge_images([p.scene.image for p in prompts], judge)
     named = np.mean([t == EMOJI[p.scene.emoji[0]].char for t, p in zip(verdict.top1, prompts)])
-    assert named >= 0.8, named
+    assert named >= 0.95, named  # 100% when shipped
 
 
 @needs_font
