@@ -296,9 +296,17 @@ class BatchStream:
         out = []
         for p in positions:
             epoch, offset = divmod(p, self.n)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
-            out.append(int(perm[offset]))
+            out.append(int(self.permutation(epoch)[offset]))
         return out
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The seeded order of epoch `epoch` [n], computed once per epoch (the last two are kept)."""
+        cache = self.__dict__.setdefault("_perms", {})
+        if epoch not in cache:
+            while len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            cache[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+        return cache[epoch]
 
     def batch(self, step: int) -> dict[str, Any]:
         idx = self.indices(step)
