@@ -35,13 +35,31 @@ from .models.vae import PreviewDecoder, WaveletVAE
 
 
 def count_parameters(config: IrisConfig) -> int:
-    """The parameters a config implies, counted on the meta device: no memory is allocated."""
+    """The parameters a config implies, counted on the meta device: no memory is allocated. (The first count in
+    a process takes about 2 s: initialising meta tensors loads torch's reference kernels.)"""
     from .models.adapters import build_adapter
 
     with torch.device("meta"):
         parts = [IrisGenerator(config.generator), WaveletVAE(config.vae), build_text_encoder(config.text)]
         parts += [build_adapter(name, config) for name in config.adapters]
     return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def parameter_bound(config: IrisConfig) -> int:
+    """A quick over-estimate of `count_parameters` from the config's sizes, with nothing built: at least
+    twice every weight matrix the generator, VAE and text encoder can hold."""
+    g, v, t = config.generator, config.vae, config.text
+    layers = g.core_layers + 4  # the core, the prelude's 2 blocks and the coda's 2
+    rec = g.recurrent_dim or g.dim
+    per_layer = (24 + 2 * g.mlp_ratio) * g.dim**2 + 4 * max(g.text_dim, t.dim) * g.dim
+    per_layer += 8 * rec * g.dim + 4 * rec**2 + (g.conv_width + 60) * (rec + g.dim)  # recurrent branch, convs
+    generator = layers * per_layer + (16 + g.max_iterations + 2 * g.num_classes) * g.dim
+    generator += (g.latent_channels * g.patch_size**2 + 300) * g.dim  # patch embedding, time and text inputs
+    widest = max((*v.channels, v.latent_channels, v.image_channels))
+    vae = 40 * widest**2 * (len(v.channels) + 1) * (v.blocks_per_stage + 2)
+    text = 130_000_000 if t.kind == "clip" else (49_410 + t.max_length) * t.dim + 16 * max(t.layers, 1) * t.dim**2
+    adapters = len(config.adapters) * 20 * g.dim**2
+    return int(2 * (generator + vae + text + adapters))
 
 
 class IrisCore:
@@ -77,7 +95,10 @@ class IrisCore:
         from .models.adapters import build_adapter
 
         seed = check_seed(seed)  # torch.manual_seed overflows (a bare ValueError) beyond 64 bits
-        n, limit = count_parameters(config), max_model_parameters()
+        limit = max_model_parameters()
+        n = parameter_bound(config)
+        if n > limit:  # near the limit (or over it): count exactly before refusing
+            n = count_parameters(config)
         if n > limit:
             raise ModelLoadError(f"the model config asks for {n / 1e6:,.0f}M parameters, over the limit of "
                                  f"{limit / 1e6:,.0f}M (set IRIS_MAX_PARAMETERS to allow more)")
@@ -411,4 +432,5 @@ class IrisCore:
         return f"{type(self).__name__}({self.config.name}, {parts}, device={self.device})"
 
 
-__all__ = ["IrisCore", "IrisResult", "PreviewEvent", "GenerationCancelled", "Budget", "count_parameters"]
+__all__ = ["IrisCore", "IrisResult", "PreviewEvent", "GenerationCancelled", "Budget", "count_parameters",
+           "parameter_bound"]

@@ -514,3 +514,21 @@ def test_alpha_only_mask_files_keep_their_alpha(tmp_path):
 def test_arrays_of_non_numbers_are_invalid_input(nano_pipe, array):
     with pytest.raises(InvalidInputError, match="numbers"):
         open_image(array)
+
+
+@pytest.mark.parametrize("change", [{}, {"generator.recurrent_dim": 4096}, {"generator.mlp_ratio": 64.0},
+                                    {"generator.conv_width": 20000}, {"vae.blocks_per_stage": 12},
+                                    {"generator.core_layers": 32}, {"text.layers": 12}, {"generator.num_classes": 5000},
+                                    {"generator.max_iterations": 5000}, {"generator.patch_size": 4}])
+def test_the_quick_parameter_bound_is_never_below_the_count(change):
+    """The loader refuses a config from `parameter_bound` (nothing built) unless it is near the limit, so the
+    bound must never under-count, whatever size a config pushes up."""
+    from iris.config import variant_config
+    from iris.core import count_parameters, parameter_bound
+
+    for name in ("nano", "small"):
+        cfg = variant_config(name)
+        for key, value in change.items():
+            part, field = key.split(".")
+            setattr(getattr(cfg, part), field, value)
+        assert parameter_bound(cfg) >= count_parameters(cfg), (name, change)
