@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -903,13 +904,13 @@ def build_app(
 
 
 def live_scratch(task: str, image: Any, params: dict[str, Any]) -> Path:
-    """Where a Live re-render's result goes: a new file under the system temp folder (which gradio serves),
+    """Where a Live re-render's result goes: a new file under gradio's temp folder (which it serves),
     the previous one of the task removed, so the gallery does not fill with near-duplicates."""
     import tempfile
 
     from iris.pngmeta import save_png
 
-    folder = Path(tempfile.gettempdir()) / "iris-studio-live"
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "iris-studio-live"
     folder.mkdir(exist_ok=True)
     for old in folder.glob(f"{task}-*.png"):
         old.unlink(missing_ok=True)

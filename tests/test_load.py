@@ -80,6 +80,7 @@ def run_sessions(url: str, n: int, prefix: str) -> list[tuple[str, object]]:
     return outcomes
 
 
+@pytest.mark.slow  # a multi-process run
 def test_twenty_concurrent_sessions_complete_or_get_queue_full(studio):
     app, _ = studio
     Client(app.url, verbose=False).predict(prompt="warm", seed=0, **FAST, api_name="/generate")
@@ -106,6 +107,7 @@ def test_twenty_concurrent_sessions_complete_or_get_queue_full(studio):
     assert 'data-state="done"' in status
 
 
+@pytest.mark.slow  # a multi-process run
 def test_more_sessions_than_the_queue_holds_get_a_clear_answer(studio):
     """30 at once: all fit in the queue (64); any refused (a queue full when they arrive) are told so."""
     app, _ = studio

@@ -381,6 +381,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # a multi-process run
 def test_gallery_index_survives_kills_mid_write(tmp_path):
     """A writer adding results as fast as it can is SIGKILLed at random moments, three times: the index stays valid
     JSON, nothing is reported damaged, and every saved image is listed (none lost, no temp file listed)."""

@@ -449,6 +449,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@pytest.mark.slow  # a multi-process run
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_stops(sig, tiny_model, image_folder, tmp_path):
     out = tmp_path / "run"
