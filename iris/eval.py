@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .judge import half_view
+from .judge import fit_two_heads, half_view
 from .train.emoji import COLORS, EMOJI, EmojiScenes, Scene, SceneConfig
 
 __all__ = [
@@ -255,23 +255,7 @@ def train_classifier(steps: int = DEFAULT_STEPS, batch_size: int = 64, seed: int
         if log:
             log(f"rendered {pool_size} views in {t_pool:.1f}s")
         model = EmojiClassifier()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
-        g = torch.Generator().manual_seed(seed + 1)
-        model.train()
-        for step in range(steps):
-            idx = torch.randint(0, pool_size, (batch_size,), generator=g)
-            x = _augment(images[idx].float().div_(255.0), g)
-            e_logits, c_logits = model(x)
-            loss = F.cross_entropy(e_logits, emoji[idx], ignore_index=-100, label_smoothing=0.05)
-            loss = loss + F.cross_entropy(c_logits, color[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if log and (step + 1) % max(1, steps // 10) == 0:
-                log(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
-        model.eval()
+        fit_two_heads(model, images, emoji, color, _augment, steps, batch_size, lr, seed, log)
     model.meta = {"version": CLASSIFIER_VERSION, "steps": str(steps), "batch_size": str(batch_size),
                   "seed": str(seed), "pool_size": str(pool_size),
                   "train_seconds": f"{time.perf_counter() - t0:.1f}",

@@ -243,6 +243,31 @@ def _render_pool(chars: Sequence[str], n: int, seed: int) -> tuple[torch.Tensor,
     return images, torch.tensor([v[1] for v in views]), torch.tensor([v[2] for v in views])
 
 
+def fit_two_heads(model: nn.Module, images: torch.Tensor, emoji: torch.Tensor, color: torch.Tensor,
+                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], steps: int, batch_size: int,
+                  lr: float, seed: int, log: Callable[[str], None] | None = None, log_every: int = 10,
+                  warmup: float = 0.15) -> None:
+    """Train an (emoji logits, colour logits) classifier on a uint8 pool [N, 3, H, W] with labels [N] (emoji
+    -100: none): one-cycle AdamW, label smoothing 0.05, emoji CE + colour CE, `augment` on every batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=warmup)
+    g = torch.Generator().manual_seed(seed + 1)
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch_size,), generator=g)
+        e_logits, c_logits = model(augment(images[idx].float().div_(255.0), g))
+        loss = F.cross_entropy(e_logits, emoji[idx], ignore_index=-100, label_smoothing=0.05)
+        loss = loss + F.cross_entropy(c_logits, color[idx], label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (step + 1) % max(1, steps // log_every) == 0:
+            log(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+    model.eval()
+
+
 def train_judge(steps: int = 6000, batch_size: int = 96, pool_size: int = 90_000, seed: int = 0,
                 lr: float = 3e-3, threads: int | None = None, chars: Sequence[str] | None = None,
                 log: Callable[[str], None] | None = None) -> EmojiJudge:
@@ -262,21 +287,8 @@ def train_judge(steps: int = 6000, batch_size: int = 96, pool_size: int = 90_000
             if log:
                 log(f"rendered {pool_size} views of {len(chars)} classes in {time.perf_counter() - t0:.0f}s")
             model = EmojiJudge(chars)
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
-            g = torch.Generator().manual_seed(seed + 1)
-            model.train()
-            for step in range(steps):
-                idx = torch.randint(0, pool_size, (batch_size,), generator=g)
-                e_logits, c_logits = model(_augment(images[idx].float().div_(255.0), g))
-                loss = F.cross_entropy(e_logits, emoji[idx], ignore_index=-100, label_smoothing=0.05)
-                loss = loss + F.cross_entropy(c_logits, color[idx], label_smoothing=0.05)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if log and (step + 1) % max(1, steps // 20) == 0:
-                    log(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+            fit_two_heads(model, images, emoji, color, _augment, steps, batch_size, lr, seed, log, log_every=20,
+                          warmup=0.1)
     finally:
         torch.set_num_threads(old_threads)
     model.eval()
