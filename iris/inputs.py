@@ -63,6 +63,17 @@ def check_seed(value: Any) -> int:
     return check_int("seed", value, 0, MAX_SEED)
 
 
+def is_text(value: Any) -> bool:
+    """True for a string of at most MAX_PROMPT_CHARS that can be written as UTF-8 (no lone surrogates)."""
+    if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_prompt(value: Any, name: str = "prompt") -> str:
     """A prompt string (None means empty). Over-long prompts are refused; the encoder truncates tokens."""
     if value is None:

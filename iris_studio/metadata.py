@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iris import limits
+from iris.inputs import is_text
 
 SKIP = object()  # "leave this control as it is"
 
@@ -64,7 +65,7 @@ def coerce(name: str, value: Any) -> Any:
         if name in _BOOL:
             return value if isinstance(value, bool) else SKIP
         if name in _TEXT:
-            return value if isinstance(value, str) and _encodable(value) else SKIP
+            return value if is_text(value) else SKIP
     except (TypeError, ValueError, OverflowError):
         return SKIP
     return value
@@ -76,14 +77,6 @@ def _number(text: str) -> int | float:
         return int(text.strip())
     except ValueError:
         return float(text)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return len(text) <= limits.MAX_PROMPT_CHARS
 
 
 def controls_from_params(params: dict[str, Any] | None, task: str) -> list[Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from iris import limits
+from iris.inputs import is_text
 
 APP_NAME = "iris-studio"
 FILE_NAME = "settings.json"
@@ -92,15 +93,6 @@ _LIMITS: dict[str, tuple[float, float]] = {  # the engine's limits (iris.limits)
 DEVICE_FORM = re.compile(r"(cpu|mps|cuda(:\d{1,2})?)")
 
 
-def _encodable(text: str) -> bool:
-    """False for text that cannot be written as UTF-8 (lone surrogates such as "\\ud800")."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def from_dict(data: Any) -> tuple[Settings, list[str]]:
     """Settings from a parsed JSON object; bad or unknown fields are dropped with a note each."""
     defaults = Settings()
@@ -122,7 +114,7 @@ def from_dict(data: Any) -> tuple[Settings, list[str]]:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
         elif isinstance(default, str):
-            ok = isinstance(value, str) and len(value) <= limits.MAX_PROMPT_CHARS and _encodable(value)
+            ok = is_text(value)
         if ok and f.name in _LIMITS:
             lo, hi = _LIMITS[f.name]
             ok = lo <= value <= hi
