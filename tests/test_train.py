@@ -594,3 +594,11 @@ def test_assembled_student_shares_all_but_its_generator(base_model, tmp_path):
         assemble_student(str(other), str(teacher), str(tmp_path / "models" / "fast2"), "x", None, None, None)
     with pytest.raises(ModelLoadError, match="beside"):
         assemble_student(str(export), str(teacher), str(tmp_path / "elsewhere" / "fast"), "x", None, None, None)
+
+
+def test_trajectory_distillation_without_a_cache_solves_the_teacher_online(base_model, image_folder, tmp_path):
+    data = DataConfig(source="folder", path=str(image_folder), size=32, random_crop=False)
+    cfg = run_cfg(base_model, tmp_path / "online", "distill", data, steps=3, distill_method="trajectory",
+                  distill_teacher_steps=2)
+    history = Trainer(cfg).train()
+    assert len(history) == 3 and all(np.isfinite(h["traj"]) and h["traj"] > 0 for h in history)

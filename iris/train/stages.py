@@ -248,11 +248,10 @@ class DistillStage(FlowStage):
     @torch.no_grad()
     def guided_velocity(self, z: torch.Tensor, t: torch.Tensor, text: TextCondition, null: TextCondition,
                         rng: torch.Generator) -> torch.Tensor:
-        """The teacher's classifier-free-guided velocity, both branches in one batch."""
-        mask = None if text.mask is None else torch.cat([text.mask, null.mask])
-        both = TextCondition(torch.cat([text.tokens, null.tokens]), mask)
-        v = self.teacher(torch.cat([z, z]), torch.cat([t, t]), both, self.teacher_iterations, state_generator=rng)
-        return sampling.cfg_combine(*v.chunk(2), self.cfg.distill_guidance)
+        """The teacher's classifier-free-guided velocity (`trajectories.guided_velocity`)."""
+        from .trajectories import guided_velocity
+
+        return guided_velocity(self.teacher, z, t, text, null, self.teacher_iterations, self.cfg.distill_guidance, rng)
 
     def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         if self.cfg.distill_method == "trajectory":
@@ -278,16 +277,13 @@ class DistillStage(FlowStage):
     def teacher_solve(self, captions: list[str], shape: tuple[int, ...], rng: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """States [B, K, C, h, w] of the teacher's guided Euler solve at its K times, and its end [B, C, h, w]."""
-        device, b = self.pipe.device, shape[0]
+        from .trajectories import solve_from
+
         times = sampling.flow_timesteps(self.cfg.distill_teacher_steps, self.pipe.config.sampler.shift)
-        text, null = self.text_encoder.encode(captions), self.text_encoder.encode([""] * b)
-        z = torch.randn(shape, generator=rng).to(device)
-        states = []
-        for t, t_next in zip(times[:-1], times[1:]):
-            states.append(z)
-            v = self.guided_velocity(z, torch.full((b,), t, device=device), text, null, rng)
-            z = sampling.euler_step(z, v, t, t_next)
-        return torch.stack(states, dim=1), z, times[:-1]
+        z = torch.randn(shape, generator=rng).to(self.pipe.device)
+        states, end = solve_from(self.teacher, self.text_encoder, z, captions, times, self.teacher_iterations,
+                                 self.cfg.distill_guidance, rng)
+        return states, end, times[:-1]
 
     def forward_trajectory(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         images, device = batch["image"], self.pipe.device

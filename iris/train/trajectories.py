@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import sampling
-from ..models.generator import TextCondition
+from ..models.generator import IrisGenerator, TextCondition
 from ..pipeline import IrisPipeline
 
 
@@ -41,31 +41,47 @@ class Trajectories:
         return len(self.captions)
 
 
+def guided_velocity(gen: IrisGenerator, z: torch.Tensor, t: torch.Tensor, cond: TextCondition, null: TextCondition,
+                    iterations: int, guidance: float, rng: torch.Generator) -> torch.Tensor:
+    """A teacher's classifier-free-guided velocity at z [B, C, h, w], t [B], as the pipeline computes it: both
+    branches in one batch, sharing the initial core state s_0 (drawn from `rng`)."""
+    b = z.shape[0]
+    mask = None if cond.mask is None else torch.cat([cond.mask, null.mask])
+    text = TextCondition(torch.cat([cond.tokens, null.tokens]), mask)
+    c = gen.condition(torch.cat([t, t]), text)
+    e = gen.embed(torch.cat([z, z]), c)
+    s0 = gen.initial_state(e[:b], rng)
+    state = torch.cat([s0, s0])
+    for i in range(1, iterations + 1):
+        state = gen.iterate(state, e, c, text, i)
+    return sampling.cfg_combine(*gen.decode(state, e, c).chunk(2), guidance)
+
+
+def solve_from(gen: IrisGenerator, text_encoder: torch.nn.Module, z: torch.Tensor, captions: list[str],
+               times: list[float], iterations: int, guidance: float, rng: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided Euler solve from z [B, C, h, w] along `times`: (states at times[:-1] [B, K, C, h, w], end)."""
+    b = z.shape[0]
+    cond, null = text_encoder.encode(captions), text_encoder.encode([""] * b)
+    states = []
+    for t, t_next in zip(times[:-1], times[1:]):
+        states.append(z)
+        v = guided_velocity(gen, z, torch.full((b,), t, device=z.device), cond, null, iterations, guidance, rng)
+        z = sampling.euler_step(z, v, t, t_next)
+    return torch.stack(states, dim=1), z
+
+
 @torch.inference_mode()
 def solve(pipe: IrisPipeline, captions: list[str], seed: int, steps: int, iterations: int, guidance: float,
           size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """The guided Euler solve of `captions` (one each) from noise seeded by `seed`: (states [B, steps, C, h, w],
-    ends [B, C, h, w], times). The guided and unguided halves run as one batch, as the pipeline runs them."""
-    gen, b = pipe.generator, len(captions)
+    ends [B, C, h, w], times)."""
     side = (size or pipe.config.resolution) // pipe.latent_factor
     rng = torch.Generator().manual_seed(seed)
-    z = torch.randn((b, pipe.config.vae.latent_channels, side, side), generator=rng).to(pipe.device)
-    cond, null = pipe.text_encoder.encode(captions), pipe.text_encoder.encode([""] * b)
-    mask = None if cond.mask is None else torch.cat([cond.mask, null.mask])
-    text = TextCondition(torch.cat([cond.tokens, null.tokens]), mask)
+    z = torch.randn((len(captions), pipe.config.vae.latent_channels, side, side), generator=rng).to(pipe.device)
     times = sampling.flow_timesteps(steps, pipe.config.sampler.shift)
-    states = []
-    for t, t_next in zip(times[:-1], times[1:]):
-        states.append(z)
-        c = gen.condition(torch.full((2 * b,), t, device=z.device), text)
-        e = gen.embed(torch.cat([z, z]), c)
-        s0 = gen.initial_state(e[:b], rng)  # the guided and unguided halves share s_0, as in the pipeline
-        state = torch.cat([s0, s0])
-        for i in range(1, iterations + 1):
-            state = gen.iterate(state, e, c, text, i)
-        v = gen.decode(state, e, c)
-        z = sampling.euler_step(z, sampling.cfg_combine(*v.chunk(2), guidance), t, t_next)
-    return torch.stack(states, dim=1).float().cpu(), z.float().cpu(), times
+    states, end = solve_from(pipe.generator, pipe.text_encoder, z, captions, times, iterations, guidance, rng)
+    return states.float().cpu(), end.float().cpu(), times
 
 
 def training_captions(n: int, start: int, seed: int = 0) -> list[str]:
