@@ -301,9 +301,13 @@ def test_demo_model_beats_untrained_by_the_strict_judge():
     demo = IrisPipeline.from_pretrained()
     untrained = IrisPipeline.from_config(demo.config, seed=0)
     n = 60  # at 4 x 2 (8 network evaluations of 2 iterations) the demo names about a quarter of them
-    kw = dict(n_prompts=n, n_pairs=0, seeds=1, budgets=[(4, 2)], seed=0, tasks=())
-    got = ev.evaluate(demo, **kw)["generation"][0]
-    base = ev.evaluate(untrained, **kw)["generation"][0]
+    kw = dict(n_prompts=n, n_pairs=0, seeds=1, seed=0, tasks=())
+    got = ev.evaluate(demo, budgets=[(4, 2)], **kw)["generation"][0]
+    base = ev.evaluate(untrained, budgets=[(1, 1)], **kw)["generation"][0]  # see below: the same images
+    # an untrained IRIS outputs zero velocity (adaLN-Zero), so its image does not depend on the budget
+    prompt = ev.eval_prompts(1, 0, seeds=1)[0]
+    assert np.array_equal(*(np.asarray(untrained.generate(prompt.text, steps=s, iterations=r, seed=prompt.seed).image)
+                            for s, r in ((4, 2), (1, 1))))
     # one-sided two-proportion tests: z > 3 (chance below 1/700) for emoji, z > 4 for colour
     assert clearly_more(round(got["emoji_acc"] * n), round(base["emoji_acc"] * n), n, z=3.0), (got, base)
     assert clearly_more(round(got["color_acc"] * n), round(base["color_acc"] * n), n), (got, base)
@@ -346,8 +350,8 @@ def test_fast_student_beats_untrained_by_the_strict_judge_without_guidance():
     assert fast.cost().nfe == 2  # no guidance: one network evaluation per step
     untrained = IrisPipeline.from_config(fast.config, seed=0)
     n = 60
-    kw = dict(n_prompts=n, n_pairs=0, seeds=1, budgets=[(2, 4)], seed=0, tasks=())
-    got = ev.evaluate(fast, **kw)["generation"][0]
-    base = ev.evaluate(untrained, **kw)["generation"][0]
+    kw = dict(n_prompts=n, n_pairs=0, seeds=1, seed=0, tasks=())
+    got = ev.evaluate(fast, budgets=[(2, 4)], **kw)["generation"][0]
+    base = ev.evaluate(untrained, budgets=[(1, 1)], **kw)["generation"][0]  # zero velocity: any budget, one image
     assert clearly_more(round(got["emoji_acc"] * n), round(base["emoji_acc"] * n), n, z=3.0), (got, base)
     assert clearly_more(round(got["color_acc"] * n), round(base["color_acc"] * n), n), (got, base)
