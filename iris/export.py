@@ -41,7 +41,7 @@ from torch import nn
 from . import sampling
 from .errors import InvalidInputError, IrisError
 from .models.generator import IrisGenerator, TextCondition
-from .models.grfm import AFNO2D, RGLRU, _dft_mats
+from .models.grfm import AFNO2D, RGLRU, _dense_dft_mats, _separable_mats
 from .models.vae import WaveletVAE
 from .models.wavelet import haar_filters
 
@@ -204,7 +204,8 @@ def _export_mode():
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        _dft_mats.cache_clear()  # tracing may key the cache by traced sizes
+        _dense_dft_mats.cache_clear()  # tracing may key the caches by traced sizes
+        _separable_mats.cache_clear()
 
 
 def _export(module: nn.Module, args: tuple, path: Path, name: str, opset: int) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import GeneratorConfig
 from .grfm import GRFM
-from .layers import MLP, CrossAttention, RMSNorm, ScaleShiftTable, TimestepEmbedder, gated, modulate
+from .layers import MLP, CrossAttention, RMSNorm, ScaleShiftTable, TimestepEmbedder, add_gated, modulate
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PreludeBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.ada(F.silu(c)).chunk(3, dim=-1)
         h = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + gated(self.mlp(modulate(self.norm(h), shift, scale)), gate)
+        return add_gated(x, self.mlp(modulate(self.norm(h), shift, scale)), gate)
 
 
 class CoreLayer(nn.Module):
@@ -72,15 +72,17 @@ class CoreLayer(nn.Module):
         self.mixer = GRFM(cfg, column_major)
         self.cross = CrossAttention(d, cfg.text_dim, cfg.heads)
         self.ffn = MLP(d, cfg.mlp_ratio)
-        self.table = ScaleShiftTable(d, 9, gate_index=(2, 5, 8))
+        self.table = ScaleShiftTable(d, 9, gate_index=(2, 5, 8), scale_index=(1, 4, 7))
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, text: TextCondition) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table(mod)
+        # shifts, 1 + scales and gates, each [B, 1, 1, D]: modulate is addcmul(shift, x, 1 + scale), and the
+        # gated residual addcmul(x, branch, gate)
+        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table.broadcast(mod, x.dim())
         b, h, w, d = x.shape
-        x = x + gated(self.mixer(modulate(self.norm1(x), sh1, sc1)), g1)
-        y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
-        x = x + gated(y.view(b, h, w, d), g2)
-        return x + gated(self.ffn(modulate(self.norm3(x), sh3, sc3)), g3)
+        x = torch.addcmul(x, self.mixer(torch.addcmul(sh1, self.norm1(x), sc1)), g1)
+        y = self.cross(torch.addcmul(sh2, self.norm2(x), sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
+        x = torch.addcmul(x, y.view(b, h, w, d), g2)
+        return torch.addcmul(x, self.ffn(torch.addcmul(sh3, self.norm3(x), sc3)), g3)
 
 
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -144,8 +146,8 @@ class CodaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        x = x + gated(self.attn(modulate(self.norm1(x), sh1, sc1)), g1)
-        return x + gated(self.mlp(modulate(self.norm2(x), sh2, sc2)), g2)
+        x = add_gated(x, self.attn(modulate(self.norm1(x), sh1, sc1)), g1)
+        return add_gated(x, self.mlp(modulate(self.norm2(x), sh2, sc2)), g2)
 
 
 class IrisGenerator(nn.Module):

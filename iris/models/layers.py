@@ -22,15 +22,19 @@ class RMSNorm(nn.Module):
         return y * self.weight if self.weight is not None else y
 
 
+def _over_tokens(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector v [B, D] viewed to broadcast over the middle axes of x [B, ..., D]."""
+    return v.view((x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],))
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x [B, ..., D] * (1 + scale) + shift, with shift/scale [B, D] broadcast over the middle axes."""
-    view = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-    return x * (1 + scale.view(view)) + shift.view(view)
+    return torch.addcmul(_over_tokens(shift, x), x, _over_tokens(1 + scale, x))
 
 
-def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """adaLN-Zero gate: x [B, ..., D] * gate [B, D]."""
-    return x * gate.view((x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],))
+def add_gated(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero residual: x + gate * branch, x and branch [B, ..., D], gate [B, D]."""
+    return torch.addcmul(x, branch, _over_tokens(gate, branch))
 
 
 def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -105,16 +109,26 @@ class ScaleShiftTable(nn.Module):
     """adaLN-single (PixArt): per-layer learned offsets added to a shared modulation vector.
 
     `forward(shared [B, n*D])` -> n tensors [B, D]. Gate entries start at zero (adaLN-Zero).
+    `broadcast(shared, ndim)` -> the same n tensors viewed [B, 1, ..., 1, D] for ndim-dimensional activations,
+    with 1 already added to the `scale_index` entries, ready for `torch.addcmul(shift, x, 1 + scale)`.
     """
 
-    def __init__(self, dim: int, n: int, gate_index: tuple[int, ...]):
+    def __init__(self, dim: int, n: int, gate_index: tuple[int, ...], scale_index: tuple[int, ...] = ()):
         super().__init__()
         self.n = n
         table = torch.randn(n, dim) / math.sqrt(dim)
         for i in gate_index:
             table[i] = 0.0
         self.table = nn.Parameter(table)
+        ones = torch.zeros(n, 1)
+        ones[list(scale_index)] = 1.0
+        self.register_buffer("scale_ones", ones, persistent=False)
 
     def forward(self, shared: torch.Tensor) -> list[torch.Tensor]:
         b = shared.shape[0]
         return list((shared.view(b, self.n, -1) + self.table[None]).unbind(1))
+
+    def broadcast(self, shared: torch.Tensor, ndim: int) -> tuple[torch.Tensor, ...]:
+        b = shared.shape[0]
+        mods = shared.view(b, self.n, -1) + (self.table + self.scale_ones)
+        return mods.view((b, self.n) + (1,) * (ndim - 2) + (mods.shape[-1],)).unbind(1)

@@ -17,8 +17,18 @@ Computed in fp32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+LOG2E = 1 / math.log(2)
+
+
+def fast_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) as exp2(x log2 e), within ~1e-6 relative: torch's CPU exp2 kernel is about 4x faster than its exp.
+    Eager only (ONNX has no exp2; the export's scan uses the "matrix" form with exp)."""
+    return torch.exp2(x * LOG2E)
 
 
 def _matrix_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -30,9 +40,25 @@ def _matrix_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.
     return torch.einsum("btsd,bsd->btd", decay, bb) + la.cumsum(dim=1).exp() * h[:, None, :]
 
 
-def _cumsum_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    cum = la.cumsum(dim=1)
-    return cum.exp() * (h[:, None, :] + (bb * (-cum).exp()).cumsum(dim=1))
+def _cumsum_chunks(log_a: torch.Tensor, b: torch.Tensor, chunk: int, h0: torch.Tensor | None) -> torch.Tensor:
+    """The "cumsum" form, all chunks at once: each chunk scanned from zero, h_t = exp(L_t) sum exp(-L_s) b_s,
+    then the state entering each chunk carried across them in a loop over [B, D] states. [B, N, D]."""
+    bsz, n, d = b.shape
+    pad = (-n) % chunk
+    if pad:  # a = 1, b = 0 after the end: the padding never reaches back into real tokens
+        log_a, b = F.pad(log_a, (0, 0, 0, pad)), F.pad(b, (0, 0, 0, pad))
+    m = (n + pad) // chunk
+    cum = (log_a * LOG2E).view(bsz, m, chunk, d).cumsum(dim=2)  # [B, M, T, D], in log2 units
+    decay = torch.exp2(cum)
+    local = decay * (b.view(bsz, m, chunk, d) * torch.exp2(-cum)).cumsum(dim=2)
+    if m > 1 or h0 is not None:
+        h = torch.zeros(bsz, d, device=b.device, dtype=b.dtype) if h0 is None else h0.float()
+        carry = [h]
+        for j in range(m - 1):  # the state entering chunk j + 1
+            h = torch.addcmul(local[:, j, -1], decay[:, j, -1], h)
+            carry.append(h)
+        local = torch.addcmul(local, decay, torch.stack(carry, dim=1)[:, :, None])
+    return local.reshape(bsz, m * chunk, d)[:, :n]
 
 
 def _blocked_scan(log_a: torch.Tensor, b: torch.Tensor, block: int, min_log_a: float) -> torch.Tensor:
@@ -77,19 +103,17 @@ def chunked_linear_scan(
         block = max(1, int(max_log_range / -min_log_a))
         out = _blocked_scan(log_a, b, block, min_log_a)
         return (out if h0 is None else out[:, 1:]).to(dtype)
-    h = torch.zeros(bsz, d, device=b.device) if h0 is None else h0.float()
     if method == "cumsum":
         log_a = log_a.clamp_min(min_log_a)  # a < e^-16 is zero at fp32 precision; bounds the chunk below
         worst = float(-log_a.detach().min()) if log_a.numel() else 0.0
         chunk = max(1, min(chunk, int(max_log_range / max(worst, 1e-6))))
-        step = _cumsum_chunk
-    elif method == "matrix":
-        step = _matrix_chunk
-    else:
+        return _cumsum_chunks(log_a, b, chunk, h0).to(dtype)
+    if method != "matrix":
         raise ValueError(f"unknown scan method {method!r}")
+    h = torch.zeros(bsz, d, device=b.device) if h0 is None else h0.float()
     outs = []
     for start in range(0, n, chunk):
-        y = step(log_a[:, start : start + chunk], b[:, start : start + chunk], h)
+        y = _matrix_chunk(log_a[:, start : start + chunk], b[:, start : start + chunk], h)
         outs.append(y)
         h = y[:, -1]
     return torch.cat(outs, dim=1).to(dtype)

@@ -1,0 +1,127 @@
+"""Plain forms of the generator's optimised paths: the same maths written the obvious way, slower.
+
+Tests check that the optimised modules equal these within fp32 round-off, and
+`benchmarks/optimisations.py` times each optimisation against its plain form in one process. Each entry of
+`PLAIN_FORMS` swaps one method of one class; `plain_forms(*names)` applies some of them for a `with` block.
+
+    with plain_forms("afno", "scan"):
+        v_plain = generator(z, t, text, iterations=8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from . import generator, grfm, scan
+
+
+def afno_forward(self: grfm.AFNO2D, x: torch.Tensor) -> torch.Tensor:
+    """AFNO with a separable DFT (one axis at a time) and the complex block MLP as eight einsums."""
+    b, h, w, d = x.shape
+    dtype, x = x.dtype, x.float()
+    if self._use_dft(h, w):
+        yr, yi = grfm.separable_rfft2(x)
+    else:
+        xf = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
+        yr, yi = xf.real, xf.imag
+    shape = yr.shape
+    xr, xi = yr.reshape(*shape[:3], self.blocks, self.bs), yi.reshape(*shape[:3], self.blocks, self.bs)
+    w1, b1, w2, b2 = self.w1.float(), self.b1.float(), self.w2.float(), self.b2.float()
+    mul = lambda a, m: torch.einsum("...bi,bio->...bo", a, m)
+    o1r = F.relu(mul(xr, w1[0]) - mul(xi, w1[1]) + b1[0])
+    o1i = F.relu(mul(xi, w1[0]) + mul(xr, w1[1]) + b1[1])
+    o2r = F.softshrink(mul(o1r, w2[0]) - mul(o1i, w2[1]) + b2[0], self.lam).reshape(shape)
+    o2i = F.softshrink(mul(o1i, w2[0]) + mul(o1r, w2[1]) + b2[1], self.lam).reshape(shape)
+    if self._use_dft(h, w):
+        y = grfm.separable_irfft2(o2r, o2i, w)
+    else:
+        y = torch.fft.irfft2(torch.complex(o2r, o2i), s=(h, w), dim=(1, 2), norm="ortho")
+    return y.to(dtype)
+
+
+def causal_conv(self: grfm.RecurrentBlock, r: torch.Tensor) -> torch.Tensor:
+    """The depthwise causal conv through nn.Conv1d (channels-first, padded both sides, cropped)."""
+    n = r.shape[1]
+    return self.conv(r.transpose(1, 2))[..., :n].transpose(1, 2)
+
+
+def cumsum_scan(la: torch.Tensor, b: torch.Tensor, chunk: int, h0: torch.Tensor | None) -> torch.Tensor:
+    """The "cumsum" scan one chunk at a time in a loop, with exp: [B, N, D] -> [B, N, D]."""
+    h = torch.zeros(b.shape[0], b.shape[2], device=b.device) if h0 is None else h0.float()
+    outs = []
+    for start in range(0, b.shape[1], chunk):
+        cum = la[:, start : start + chunk].cumsum(dim=1)
+        y = cum.exp() * (h[:, None, :] + (b[:, start : start + chunk] * (-cum).exp()).cumsum(dim=1))
+        outs.append(y)
+        h = y[:, -1]
+    return torch.cat(outs, dim=1)
+
+
+def rglru_forward(self: grfm.RGLRU, x: torch.Tensor) -> torch.Tensor:
+    """RG-LRU with exp (not exp2) for the input normaliser."""
+    gate_a, gate_x = torch.sigmoid(self.gates(x)).chunk(2, dim=-1)
+    log_a = -self.c * gate_a.float() * F.softplus(-self.a_param.float())
+    mult = torch.sqrt((1 - torch.exp(2 * log_a)).clamp_min(1e-12))
+    return scan.chunked_linear_scan(log_a, mult * (gate_x * x).float(), self.chunk, method=self.method).to(x.dtype)
+
+
+def grfm_forward(self: grfm.GRFM, x: torch.Tensor) -> torch.Tensor:
+    """GRFM with its three input projections as separate layers and the merge as written in the paper."""
+    g = torch.sigmoid(self.gate(x))
+    mixed = g * self.fourier(x) + (1 - g) * self.recurrent(x) + self.alpha * self.spatial(x)
+    return self.out(mixed)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    view = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return x * (1 + scale.view(view)) + shift.view(view)
+
+
+def add_gated(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return x + branch * gate.view((branch.shape[0],) + (1,) * (branch.dim() - 2) + (branch.shape[-1],))
+
+
+def core_layer_forward(self: generator.CoreLayer, x: torch.Tensor, mod: torch.Tensor,
+                       text: generator.TextCondition) -> torch.Tensor:
+    """A core layer with adaLN written out: modulate and gate each vector in its own ops."""
+    sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table(mod)
+    b, h, w, d = x.shape
+    x = add_gated(x, self.mixer(modulate(self.norm1(x), sh1, sc1)), g1)
+    y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
+    x = add_gated(x, y.view(b, h, w, d), g2)
+    return add_gated(x, self.ffn(modulate(self.norm3(x), sh3, sc3)), g3)
+
+
+# name -> the (owner, attribute, plain form) swaps it makes
+PLAIN_FORMS: dict[str, list[tuple[object, str, Callable]]] = {
+    "afno": [(grfm.AFNO2D, "forward", afno_forward)],
+    "conv": [(grfm.RecurrentBlock, "causal_conv", causal_conv)],
+    "scan": [(scan, "_cumsum_chunks", cumsum_scan)],
+    "exp": [(grfm.RGLRU, "forward", rglru_forward)],
+    "projection": [(grfm.GRFM, "forward", grfm_forward)],
+    # generator.py imported modulate and add_gated by name, so both names are swapped
+    "adaln": [(generator.CoreLayer, "forward", core_layer_forward), (generator, "modulate", modulate),
+              (generator, "add_gated", add_gated)],
+}
+
+
+@contextmanager
+def plain_forms(*names: str) -> Iterator[None]:
+    """Run the named optimised paths (all when none are named) in their plain forms inside the block."""
+    saved = []
+    try:
+        for name in names or tuple(PLAIN_FORMS):
+            for owner, attr, plain in PLAIN_FORMS[name]:
+                saved.append((owner, attr, getattr(owner, attr)))
+                setattr(owner, attr, plain)
+        yield
+    finally:
+        for owner, attr, value in reversed(saved):
+            setattr(owner, attr, value)
+
+
+__all__ = ["PLAIN_FORMS", "plain_forms"]
