@@ -14,6 +14,8 @@ Sections (see DESIGN.md, "Benchmark conventions"):
 - memory: peak RSS of a full generation in a fresh subprocess (fp32 and fp16-stored weights), minus the RSS
   after imports.
 - utilisation: counted FLOPs / measured time of a forward, over the CPU's fp32 2048^2 GEMM FLOP/s.
+- demo: the bundled demo model (and its distilled student) end to end at the studio's budgets, with the
+  FLOPs of a whole generation counted and their rate over the GEMM rate: the latency a user waits for.
 
 FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode`, with formulas registered for the CPU
 attention kernel (dropped silently otherwise) and, approximately, for FFTs. Elementwise work (norms, scans,
@@ -48,6 +50,9 @@ PEER_NAMES = {"dit": "DiT", "sana": "SANA", "unet": "SD-UNet"}
 # Peak-memory figures quoted by the model card, in MB. Assumed to be tiny / small / base (fp32 weights).
 CARD_PEAK_MB = {"tiny": 545, "small": 597, "base": 760}
 PROMPT = "a red apple on a blue background"
+# (model, steps, iterations, guidance): the studio's budgets on the bundled models
+DEMO_BUDGETS = (("demo", 4, 8, 3.0), ("demo", 4, 8, 1.0), ("demo", 2, 4, 1.0), ("demo", 1, 4, 1.0),
+                ("demo", 8, 16, 3.0), ("fast", 2, 4, 1.0))
 
 
 # ------------------------------------------------------------------------------------------ FLOP counting
@@ -496,6 +501,37 @@ def end_to_end(variant: str, budgets, repeats: int, guidance: float | None = Non
     return rows, preview
 
 
+def demo_latency(budgets=DEMO_BUDGETS, repeats: int = 5, gemm: float | None = None) -> list[dict[str, Any]]:
+    """The bundled demo model ("demo") and its distilled student ("fast") end to end, one image per budget:
+    median seconds over `repeats` runs after 3 warm-up runs (a fresh process runs its first generations up to
+    1.5x slower while its allocator and caches settle), the counted FLOPs of the whole generation (text,
+    every NFE, VAE decode) and, given the GEMM rate, their share of it. Models that are not there are noted."""
+    from .hub import demo_model_path
+    from .pipeline import IrisPipeline
+
+    pipes: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for model, steps, iterations, guidance in budgets:
+        if model not in pipes:
+            path = demo_model_path(fast=model == "fast")
+            pipes[model] = IrisPipeline.from_pretrained(path) if (path / "config.json").is_file() else None
+        pipe = pipes[model]
+        row: dict[str, Any] = {"model": model, "steps": steps, "iterations": iterations, "guidance": guidance}
+        if pipe is None:
+            rows.append({**row, "note": "not installed"})
+            continue
+        run = lambda p=pipe, st=steps, it=iterations, g=guidance: p.generate(PROMPT, steps=st, iterations=it,
+                                                                           guidance=g, seed=0)
+        seconds = time_fn(run, repeats=repeats, warmup=3)
+        flops = count_flops(run)
+        row.update(nfe=pipe.cost(steps, iterations, guidance).nfe, flops=flops, latency_s=seconds,
+                   flops_per_s=flops / seconds)
+        if gemm:
+            row["fraction_of_gemm"] = flops / seconds / gemm
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ the run
 @dataclass
 class Settings:
@@ -548,6 +584,10 @@ def run_benchmark(quick: bool = False, variants=None, out_dir: str | Path | None
     results["gemm_flops_per_s"] = gemm
     log(f"GEMM {gemm / 1e9:.1f} GFLOP/s")
     timeit = lambda fn: time_fn(fn, s.repeats, s.warmup, s.max_seconds)
+
+    demo_budgets = [b for b in DEMO_BUDGETS if b[1:] in ((2, 4, 1.0), (4, 8, 3.0))] if quick else DEMO_BUDGETS
+    results["demo"] = demo_latency(demo_budgets, repeats=1 if quick else 5, gemm=gemm)
+    log(f"demo: {[(r['model'], r['steps'], r['iterations'], r.get('latency_s')) for r in results['demo']]}")
 
     # per-NFE at native resolution, against matched peers; utilisation rows alongside
     per_nfe, util, variants_info = [], [], {}
@@ -809,6 +849,18 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['weights']} | {r['after_imports_mb']:.0f} | {r['after_load_mb']:.0f} | "
                      f"{r['peak_mb']:.0f} | "
                      f"{r['delta_mb']:.0f} | {r.get('card_mb') or '–'} |")
+    if results.get("demo"):
+        lines += ["", "### The bundled models end to end (what a user waits for: text, sampling, decode)", "",
+                  "| model | steps × r | guidance | NFE | GFLOP | ms | GFLOP/s | of GEMM |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["demo"]:
+            budget = f"{r['model']} | {r['steps']} × {r['iterations']} | {r['guidance']:g}"
+            if "note" in r:
+                lines.append(f"| {budget} | {r['note']} | – | – | – | – |")
+                continue
+            share = f"{100 * r['fraction_of_gemm']:.0f}%" if "fraction_of_gemm" in r else "–"
+            lines.append(f"| {budget} | {r['nfe']} | {_g(r['flops'])} | {_ms(r['latency_s'])} | "
+                         f"{r['flops_per_s'] / 1e9:.1f} | {share} |")
     lines += ["", "### Utilisation (counted FLOPs / time, over the GEMM rate)", "",
               "| model | px | GFLOP | ms | GFLOP/s | of GEMM |", "|---|---|---|---|---|---|"]
     for u in results["utilisation"]:

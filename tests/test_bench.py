@@ -74,7 +74,15 @@ def test_quick_benchmark_writes_results(tmp_path):
         unet = intended[-1]
         assert unet["nfe"] == 2 * bench.UNET_STEPS and unet["total_s"] > unet["sampling_s"] > 0
         assert all(r["speedup_vs_unet"] == pytest.approx(unet["total_s"] / r["total_s"]) for r in intended[:3])
+    demo = {(r["model"], r["steps"], r["iterations"], r["guidance"]): r for r in data["demo"]}
+    assert set(demo) == {("demo", 4, 8, 3.0), ("demo", 2, 4, 1.0), ("fast", 2, 4, 1.0)}
+    guided, quick = demo[("demo", 4, 8, 3.0)], demo[("demo", 2, 4, 1.0)]
+    assert guided["nfe"] == 8 and quick["nfe"] == 2
+    assert guided["flops"] > 3 * quick["flops"] > 0 and guided["latency_s"] > 0
+    rate = guided["flops"] / guided["latency_s"]
+    assert 0 < guided["fraction_of_gemm"] == pytest.approx(rate / data["gemm_flops_per_s"])
     md = (tmp_path / "results.md").read_text()
+    assert "The bundled models end to end" in md
     assert "Per-NFE latency" in md and "Scaling with resolution" in md and "Utilisation" in md
     assert "intended budget" in md
     assert md == bench.to_markdown(results)
