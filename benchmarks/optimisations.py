@@ -149,6 +149,11 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
     measure("scan form", "cumsum", "blocked", lambda: _setting(lrus, "method", "cumsum"),
             lambda: _setting(lrus, "method", "blocked"))
 
+    # the optimised paths of iris.models.reference, each against its plain form, then all at once
+    for name, what in PLAIN_FORM_NAMES.items():
+        measure(name, "plain", what, lambda name=name: plain_forms(name))
+    measure("all of the above", "plain", "optimised", plain_forms)
+
     # 5. threads
     n = torch.get_num_threads()
     if n > 1:

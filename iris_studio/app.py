@@ -437,6 +437,9 @@ class Studio:
         device: str,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
     ) -> tuple[Any, ...]:
+        from iris.errors import HubOfflineError, InvalidInputError
+        from iris.inputs import check_device
+
         location = (location or "").strip()
         if source == "Bundled demo":
             spec = "demo"
@@ -448,16 +451,23 @@ class Studio:
             if not location:
                 raise gr.Error("Enter a model folder or a hub id (owner/name) first.", print_exception=False)
             spec = location
-            if source == "Local folder" and not Path(location).expanduser().exists():
-                raise gr.Error(f"No folder at {location}.", print_exception=False)
-            if source == "Hub id" and is_variant(spec):
-                spec = location
+        device = device or "cpu"
+        try:
+            check_device(device)
+        except InvalidInputError as err:
+            raise user_error(err) from None
         progress(0.0, desc=f"Loading {spec}…")
         try:
-            info = self.engine.load(spec, device or "cpu")
+            info = self.engine.load(spec, device)
         except Exception as err:  # noqa: BLE001
-            raise user_error(err) from None
-        self.settings = self.settings.updated(model=spec, device=device or "cpu")
+            if spec != location or isinstance(err, HubOfflineError):
+                raise user_error(err) from None
+            # Whether a server path exists, or what its config.json holds, is not the caller's to learn: the
+            # details go to the console of whoever runs the studio.
+            log.warning("could not load a model from %r: %s", location, err)
+            raise gr.Error(f"Could not load a model from {location}: no IRIS model folder or hub id this studio can "
+                           "read there. The studio's console says why.", print_exception=False) from None
+        self.settings = self.settings.updated(model=spec, device=device)
         try:
             save_settings(self.settings, self.settings_file)
         except OSError as err:

@@ -9,7 +9,9 @@
   upload, a form post) without asking first. A request whose `Origin` names a host that is not allowed is
   refused.
 - **Body size**: uploads over `max_body` bytes and other bodies over 5 MB (by their Content-Length) are refused.
-- **Logins**: at most `login_attempts` tries per client address per minute.
+- **Logins**: at most `login_attempts` tries per client address per minute. With a login set (`--auth`),
+  every API route needs the login cookie except the few a browser calls before logging in; gradio itself leaves
+  some of its routes open (`cancel`, `reset`, `heartbeat`, `stream`), and those are refused here.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_JSON_BODY = 5 << 20  # API calls carry file paths, not files: their bodies are small
+API_PREFIX = "/gradio_api/"
+# the API routes a browser calls before it has logged in; with a login set, every other one needs it
+PUBLIC_API_ROUTES = frozenset({"login_check", "app_id", "startup-events", "theme.css", "token", "user"})
 
 
 def host_name(header: str) -> str:
@@ -56,13 +62,29 @@ def parse_size(text: str) -> int:
 
 
 class RequestGuard:
-    """ASGI middleware applying the rules above; a refused request gets a short plain-text answer (400, 403,
-    413 or 429) and reaches nothing of the app."""
+    """ASGI middleware applying the rules above; a refused request gets a short plain-text answer (400, 401,
+    403, 413 or 429) and reaches nothing of the app."""
 
     def __init__(self, app: Callable[..., Awaitable[Any]], allowed: frozenset[str] | None, max_body: int,
                  login_attempts: int = 10):
         self.app, self.allowed, self.max_body, self.login_attempts = app, allowed, max_body, login_attempts
         self._logins: dict[str, deque[float]] = defaultdict(deque)
+
+    @staticmethod
+    def logged_in(scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
+        """Whether the request carries a login cookie of the gradio app in `scope` (True when it has no login)."""
+        app = scope.get("app")
+        if getattr(app, "auth", None) is None or getattr(app, "auth_dependency", None) is not None:
+            return True
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+        except CookieError:
+            return False
+        cookie_id = getattr(app, "cookie_id", "")
+        tokens = getattr(app, "tokens", {})
+        return any(name in cookies and cookies[name].value in tokens
+                   for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"))
 
     def refusal(self, scope: dict[str, Any]) -> tuple[int, str] | None:
         headers = {k.lower(): v for k, v in (scope.get("headers") or [])}
@@ -88,6 +110,11 @@ class RequestGuard:
             if len(tries) >= self.login_attempts:
                 return 429, "Too many login attempts: wait a minute and try again."
             tries.append(now)
+        path = scope.get("path", "")
+        if path.startswith(API_PREFIX):
+            route = path[len(API_PREFIX):].strip("/").partition("/")[0]
+            if route not in PUBLIC_API_ROUTES and not self.logged_in(scope, headers):
+                return 401, "Log in first: this studio has a login."
         return None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:

@@ -166,3 +166,40 @@ def test_ctrl_enter_runs_the_open_tab_and_dark_mode_toggles(app, page):
     page.click("#iris-dark")
     assert page.evaluate("() => document.body.classList.contains('dark')") != dark_before
     page.screenshot(path=str(base / "screenshots" / "5-dark.png"), full_page=True)
+
+
+def test_login_page_logs_in_and_the_studio_works(tmp_path):
+    """With --auth the browser gets gradio's login page; after logging in the studio loads and generates. The
+    request guard's login rule must leave everything the login page needs open."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "settings.json").write_text(json.dumps({"steps": 1, "iterations": 1, "guidance": 1.0}))
+    studio = StudioProcess(make_test_model(tmp_path / "model"), config, tmp_path / "outputs", tmp_path / "log",
+                           extra=("--auth", "me:secret"))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(studio.url)
+            page.wait_for_selector("input[type=password]")
+            assert not page.query_selector("#generate-prompt textarea")
+            page.fill("input[type=text]", "me")
+            page.fill("input[type=password]", "wrong")
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(1500)
+            assert not page.query_selector("#generate-prompt textarea")  # a wrong password lets nothing in
+            page.fill("input[type=text]", "me")
+            page.fill("input[type=password]", "secret")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#generate-prompt textarea")
+            page.fill("#generate-prompt textarea", "a red apple on a blue background")
+            page.click("#generate-run")
+            page.wait_for_selector('#generate-status [data-state="done"]')
+            page.screenshot(path=str(tmp_path / "logged-in.png"))
+            assert fetch_image(page, "#generate-result").size[0] > 0
+            browser.close()
+    finally:
+        studio.stop()

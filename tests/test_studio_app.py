@@ -111,10 +111,32 @@ def test_engine_errors_become_gr_errors(studio):
     with pytest.raises(gr.Error, match="control image is empty"):
         list(studio.run_task("control", ({"background": Image.new("RGB", (32, 32), "white"), "layers": []},
                                          *[None] * len(metadata.fields("control")))))
-    with pytest.raises(gr.Error, match="no folder|No folder"):
+    with pytest.raises(gr.Error, match="Could not load a model from /no/such/model"):
         studio.load_model("Local folder", "/no/such/model", "nano", "cpu")
     with pytest.raises(gr.Error):
         studio.load_model("Hub id", "", "nano", "cpu")
+    assert studio.engine.info.random_weights  # still the model it had
+
+
+def test_load_model_says_nothing_about_server_paths(studio, tmp_path):
+    """A caller must not learn which paths exist on the server or what a config.json there holds: a missing
+    folder, a file, a folder without a model and a config with secrets inside all get the same answer."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "config.json").write_text('{"api_token": "hunter2", "generator": {"dim": "x"}}')
+    answers = set()
+    for where in ("/no/such/model", str(tmp_path / "empty"), str(tmp_path / "file.txt"), str(tmp_path / "secret"),
+                  "/etc", "/etc/hostname"):
+        for source in ("Local folder", "Hub id"):
+            with pytest.raises(gr.Error) as err:
+                studio.load_model(source, where, "nano", "cpu")
+            message = str(err.value)
+            assert "hunter2" not in message and "api_token" not in message and "dim" not in message
+            answers.add(message.replace(where, "<where>"))
+    assert len(answers) == 1, answers
+    with pytest.raises(gr.Error, match="device"):
+        studio.load_model("Local folder", str(tmp_path / "secret"), "nano", "meta")
     assert studio.engine.info.random_weights  # still the model it had
 
 

@@ -52,7 +52,7 @@ def free_port() -> int:
 class StudioProcess:
     """`python app.py ...` in a subprocess; `url` once it serves its page."""
 
-    def __init__(self, model: Path, config_dir: Path, output_dir: Path, log: Path):
+    def __init__(self, model: Path, config_dir: Path, output_dir: Path, log: Path, extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "IRIS_STUDIO_CONFIG_DIR": str(config_dir), "HF_HUB_OFFLINE": "1",
@@ -61,7 +61,7 @@ class StudioProcess:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "app.py", "--model", str(model), "--output-dir", str(output_dir), "--port",
-             str(self.port), "--no-browser", "--no-warmup"],
+             str(self.port), "--no-browser", "--no-warmup", *extra],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         self.startup_s = self._wait()
 
@@ -330,6 +330,51 @@ def test_login_attempts_are_throttled():
     other = {**scope, "client": ("10.0.0.2", 5)}
     assert guard.refusal(other) is None
     assert guard.refusal({**scope, "path": "/config"}) is None  # other routes are not counted
+
+
+def test_with_a_login_every_api_route_needs_it():
+    from types import SimpleNamespace
+
+    from iris_studio.hosts import RequestGuard
+
+    app = SimpleNamespace(auth={"me": "pw"}, auth_dependency=None, cookie_id="c1", tokens={"tok": "me"})
+    guard = RequestGuard(app=None, allowed=frozenset({"127.0.0.1"}), max_body=1 << 20)
+    scope = lambda path, cookie=b"": {"type": "http", "path": path, "app": app, "client": ("127.0.0.1", 5),
+                                      "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie)]}
+    for path in ("/gradio_api/cancel", "/gradio_api/reset", "/gradio_api/heartbeat/abc", "/gradio_api/stream/1",
+                 "/gradio_api/queue/join", "/gradio_api/upload", "/gradio_api/run-history/records"):
+        assert guard.refusal(scope(path)) == (401, "Log in first: this studio has a login."), path
+        assert guard.refusal(scope(path, b"access-token-c1=forged")) is not None, path
+        assert guard.refusal(scope(path, b"x=1; access-token-c1=tok")) is None, path
+        assert guard.refusal(scope(path, b"access-token-unsecure-c1=tok")) is None, path
+    for path in ("/gradio_api/login_check", "/gradio_api/app_id", "/gradio_api/startup-events", "/", "/login",
+                 "/assets/index.js", "/config"):  # what the login page needs; gradio checks /config itself
+        assert guard.refusal(scope(path)) is None, path
+    assert guard.refusal(scope("/gradio_api/cancel", b"\x00;;=bad")) is not None  # an unparsable cookie
+    open_app = SimpleNamespace(auth=None)
+    assert guard.refusal({**scope("/gradio_api/cancel"), "app": open_app}) is None  # no login set: nothing to ask
+
+
+@pytest.mark.slow
+def test_cancel_and_reset_need_the_login_under_auth(paths, tmp_path):
+    """gradio leaves /cancel and /reset open even with a login; the studio refuses them without one."""
+    app = StudioProcess(paths["model"], paths["config"], tmp_path / "out", tmp_path / "auth.log",
+                        extra=("--auth", "me:secret"))
+    try:
+        body = json.dumps({"session_hash": "abc", "fn_index": 0, "event_id": "e"}).encode()
+        for route in ("/gradio_api/cancel", "/gradio_api/reset"):
+            status, text = _post(app.port, route, body, {"Content-Type": "application/json"})
+            assert status == 401 and b"Log in" in text, (route, status)
+        client = Client(app.url, auth=("me", "secret"), verbose=False)
+        _, _, result, _ = client.predict(prompt="logged in", seed=1, width=64, height=64, **BUDGET,
+                                         api_name="/generate")
+        assert is_image_path(result)
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        assert "access-token" in cookie
+        status, _ = _post(app.port, "/gradio_api/cancel", body, {"Content-Type": "application/json", "Cookie": cookie})
+        assert status == 200
+    finally:
+        app.stop()
 
 
 @pytest.mark.parametrize("bad", [
