@@ -178,8 +178,10 @@ def _from_array(array: np.ndarray) -> Image.Image:
         raise InvalidInputError(f"image array must hold numbers, got dtype {a.dtype}")
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InvalidInputError("image array holds NaN or infinite values")
         a = a * 255.0 if a.size and a.max() <= 1.0 else a
-        a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+        a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     return Image.fromarray(a)

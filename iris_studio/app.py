@@ -162,20 +162,34 @@ class Studio:
         height: Any = None,
         sampler: Any = None,
     ) -> str:
+        size, note = "", ""
+        if width is not None or height is not None:  # tabs with a size: say what the run will really use
+            from iris.errors import InvalidInputError
+
+            try:
+                asked = [int(float(v or 0)) or None for v in (width, height)]
+                w, h = self.engine.pipe.check_size(*asked)
+            except (TypeError, ValueError, OverflowError) as err:
+                msg = str(err) if isinstance(err, InvalidInputError) else "width and height must be numbers"
+                return f"⚠️ {msg}"
+            size = f" · **{w} × {h}** px" if any(asked) else ""  # 0 x 0: the model's size, or the control image's
+            changed = [f"{a} → {b}" for a, b in zip(asked, (w, h)) if a is not None and a != b]
+            if changed:
+                note = f" ({', '.join(changed)}: sizes are multiples of {self.engine.pipe.latent_factor})"
         try:
             b = self.engine.budget(
-                int(steps),
-                int(iterations),
+                int(float(steps)),
+                int(float(iterations)),
                 float(guidance),
-                int(width or 0) or None,
-                int(height or 0) or None,
+                int(float(width or 0)) or None,
+                int(float(height or 0)) or None,
                 sampler or None,
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return ""
         seconds = b["seconds"]
         est = f"≈ **{seconds:.1f} s**" if seconds is not None else "≈ ? s (measured after the first run)"
-        return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers · {est}"
+        return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers{size}{note} · {est}"
 
     # ---------------------------------------------------------------------------------- task runs
     def task_kwargs(self, task: str, images: list[Any], c: dict[str, Any]) -> dict[str, Any]:
@@ -780,7 +794,10 @@ class Studio:
             tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
             tab.reuse.click(self.reuse, tab.params, tab.controls["seed"], queue=False, **PRIVATE)
             for comp in budget_inputs:
-                comp.change(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
+                # preprocess=False: a number half typed ("2" of "256") reaches budget_md as it is, which
+                # says what is wrong instead of the slider raising an error badge at every keystroke
+                comp.change(budget_fn, budget_inputs, tab.budget, queue=False, preprocess=False,
+                            trigger_mode="always_last", **PRIVATE)
             demo.load(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
             for slider in (tab.controls["iterations"], tab.controls["steps"]):
                 slider.release(self.cancel_if_live, tab.live, None, queue=False, **PRIVATE).then(

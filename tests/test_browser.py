@@ -168,6 +168,26 @@ def test_ctrl_enter_runs_the_open_tab_and_dark_mode_toggles(app, page):
     page.screenshot(path=str(base / "screenshots" / "5-dark.png"), full_page=True)
 
 
+def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
+    """Typing 256 into Width sends 2, then 25, then 256: none of them may raise an error badge, and the budget
+    line names the size the run will use, with the rounding said out loud."""
+    studio, base = app
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-width input[type=number]")
+    box = page.locator("#generate-width input[type=number]")
+    box.fill("")
+    box.type("256", delay=150)
+    page.wait_for_function("() => document.querySelector('#generate-budget').innerText.includes('256 ×')")
+    box.fill("")
+    box.type("100", delay=150)
+    page.wait_for_function("() => document.querySelector('#generate-budget').innerText.includes('100 → ')")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(base / "screenshots" / "6-size.png"), full_page=True)
+    errors = page.evaluate("""() => [...document.querySelectorAll('.toast-body, .error, [data-testid="toast-body"]')]
+        .map(e => e.innerText).filter(t => t && t.trim())""")
+    assert not errors, errors
+
+
 def test_login_page_logs_in_and_the_studio_works(tmp_path):
     """With --auth the browser gets gradio's login page; after logging in the studio loads and generates. The
     request guard's login rule must leave everything the login page needs open."""

@@ -45,6 +45,19 @@ def test_the_app_has_every_tab_and_shared_controls(studio):
     assert "NFE **3**" in studio.budget_md(2, 3, 1.0, 64, 64, "heun")
 
 
+def test_the_budget_line_says_the_size_a_run_will_use(studio):
+    f = studio.engine.pipe.latent_factor
+    assert f"**{4 * f} × {2 * f}** px" in studio.budget_md(1, 1, 1.0, 4 * f, 2 * f, "euler")
+    line = studio.budget_md(1, 1, 1.0, 4 * f + 3, 2 * f, "euler")  # typed 67, say, on a grid of 16
+    assert f"{4 * f + 3} → {4 * f}" in line and f"multiples of {f}" in line
+    # a number half typed or over the limit: a note in the line, no exception (and so no error badge)
+    for width in (2, "2", 5000, "abc", None, "", float("nan")):
+        line = studio.budget_md(1, 1, 1.0, width, 2 * f, "euler")
+        assert isinstance(line, str) and "\n" not in line
+    assert "between" in studio.budget_md(1, 1, 1.0, 5000, 64, "euler")
+    assert "px" not in studio.budget_md(1, 1, 1.0, 0, 0, "euler")  # 0 x 0: the model's (or control image's) size
+
+
 def test_a_run_streams_previews_then_saves_the_result(studio):
     outputs = run_all(studio, "generate", prompt="a cat", seed=5, guidance=1.0, steps=1, iterations=2,
                       sampler="euler", width=64, height=64)
