@@ -274,7 +274,7 @@ def api_cases(client, folder: Path) -> Iterator[tuple[str, str, dict[str, Any]]]
                 yield f"{api} {name}[{i}]={_short(value)}", api, {**base_kw, name: value}
 
 
-def run_api(counts: Counter, failures: list[str], verbose: bool) -> None:
+def run_api(counts: Counter, failures: list[str], verbose: bool, keep_log: str = "") -> None:
     from gradio_client import Client
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -301,11 +301,13 @@ def run_api(counts: Counter, failures: list[str], verbose: bool) -> None:
         finally:
             studio.stop()
         log = (base / "studio.log").read_text(errors="replace")
+        if keep_log:
+            Path(keep_log).write_text(log)
         tracebacks = log.count("Traceback (most recent call last)")
         counts["api console tracebacks"] += tracebacks
         if tracebacks:
             failures.append(f"api: {tracebacks} tracebacks in the studio's console, e.g.\n"
-                            + log[log.index("Traceback"):][:1500])
+                            + log[log.index("Traceback"):][:3000])
 
 
 def main() -> int:

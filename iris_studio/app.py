@@ -32,6 +32,7 @@ from .tabs import (
     TASK_TITLES,
     TaskTab,
     readable_inputs,
+    readable_payloads,
     status_html,
     task_tab,
 )
@@ -602,6 +603,7 @@ class Studio:
             demo.load(self.settings_values, None, self._settings_inputs, queue=False, **PRIVATE)
             demo.load(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
         readable_inputs()
+        readable_payloads(demo)
         return demo
 
     def switch_mode(self, mode: str) -> list[Any]:

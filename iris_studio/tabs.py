@@ -77,6 +77,33 @@ def readable_inputs() -> None:
         kind._iris_readable = True
 
 
+FILE_KINDS = {"FileData": "an uploaded file", "ImageData": "an uploaded image",
+              "EditorData": "an image editor value (background, layers, composite)"}
+
+
+def readable_payloads(demo: gr.Blocks) -> None:
+    """Answer API payloads gradio cannot even parse for a component (a bare string or a number where an uploaded
+    file belongs: its data model's validation fails before any component code runs) with a one-line gr.Error,
+    not a pydantic report of several lines and a traceback in the console."""
+    inner = demo.preprocess_data
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await inner(block_fn, inputs, state, explicit_call)
+        except gr.Error as err:  # gradio's own ("Invalid file type...") print a traceback unless told not to
+            if not err.print_exception:
+                raise
+            raise gr.Error(str(err.message).splitlines()[0], print_exception=False) from None
+        except ValueError as err:  # pydantic's ValidationError is a ValueError
+            model = getattr(err, "title", "")
+            errors = err.errors() if callable(getattr(err, "errors", None)) else []
+            got = f", got {_shown(errors[0].get('input'))}" if errors else ""
+            raise gr.Error(f"expected {FILE_KINDS.get(model, 'another kind of value')}{got}",
+                           print_exception=False) from None
+
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+
+
 def readable_upload(component: Any) -> Any:
     """Make an image input answer an upload gradio cannot decode (corrupt, truncated, empty, over PIL's pixel
     limit) with a one-line gr.Error instead of gradio's multi-line "Could not preprocess..." message.
