@@ -17,6 +17,9 @@ MAX_CONFIG_BYTES = 1 << 20  # a model config.json is a few KB
 SCAN_METHODS = ("cumsum", "blocked", "matrix")  # see iris.models.scan
 
 
+PREVIEW_KINDS = ("linear", "tiny")
+
+
 @dataclass
 class VAEConfig:
     """WaveletVAE: Haar DWT (2x) then one stride-2 stage per entry of `channels`."""
@@ -27,6 +30,9 @@ class VAEConfig:
     blocks_per_stage: int = 1
     scale: float = 1.0  # latent = (mean - shift) * scale
     shift: float = 0.0
+    # the live-preview decoder: "linear" (a least-squares latent -> RGB map, fitted after VAE training) or
+    # "tiny" (a small learned conv decoder to 8x the latent grid, trained by `iris-train preview`)
+    preview: str = "linear"
 
     @property
     def downsample(self) -> int:
@@ -137,6 +143,7 @@ class IrisConfig:
             (lambda: len(v.channels) >= 1 and all(c >= 4 for c in v.channels),
              "vae.channels needs >= 1 entry, each >= 4"),
             (lambda: v.latent_channels >= 1 and v.scale > 0, "vae.latent_channels and vae.scale must be positive"),
+            (lambda: v.preview in PREVIEW_KINDS, f"vae.preview must be one of {', '.join(PREVIEW_KINDS)}"),
             (lambda: min(g.dim, g.heads, g.core_layers, g.afno_blocks, g.window, g.patch_size, g.max_iterations) >= 1,
              "generator sizes (dim, heads, core_layers, afno_blocks, window, patch_size, max_iterations) must be >= 1"),
             (lambda: g.dim % g.heads == 0, f"generator.dim {g.dim} must be divisible by heads {g.heads}"),

@@ -31,7 +31,7 @@ from .inputs import check_device, check_float, check_int, check_prompt, check_se
 from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, PREVIEW_FRACTION, max_model_parameters
 from .models.generator import IrisGenerator, TextCondition
 from .models.text import TextEncoder, build_text_encoder
-from .models.vae import PreviewDecoder, WaveletVAE
+from .models.vae import WaveletVAE, build_previewer
 
 
 def count_parameters(config: IrisConfig) -> int:
@@ -71,7 +71,7 @@ class IrisCore:
         generator: IrisGenerator,
         vae: WaveletVAE,
         text_encoder: TextEncoder,
-        previewer: PreviewDecoder | None = None,
+        previewer: nn.Module | None = None,
         adapters: dict[str, nn.Module] | None = None,
         source: str = "",
     ):
@@ -79,7 +79,7 @@ class IrisCore:
         self.generator = generator.eval()
         self.vae = vae.eval()
         self.text_encoder = text_encoder.eval()
-        self.previewer = (previewer or PreviewDecoder(config.vae.latent_channels, config.vae.downsample)).eval()
+        self.previewer = (previewer or build_previewer(config.vae)).eval()
         self.adapters = nn.ModuleDict(adapters or {}).eval()
         self.source = source
         self._text_cache: OrderedDict[str, TextCondition] = OrderedDict()

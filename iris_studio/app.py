@@ -375,9 +375,10 @@ class Studio:
         return gr.skip()
 
     def restore(self, task: str, path: Any) -> list[Any]:
+        """The tab's controls from an IRIS PNG's settings, its note, and the PNG itself in the result panel."""
         params = metadata.read_png_params(path)
         values = [gr.skip() if v is metadata.SKIP else v for v in metadata.controls_from_params(params, task)]
-        return [*values, metadata.describe(params)]
+        return [*values, metadata.describe(params), str(path) if params else gr.skip()]
 
     def restorer(self, task: str) -> Any:
         def restore(png: Any) -> list[Any]:
@@ -385,15 +386,18 @@ class Studio:
 
         return restore
 
-    def send(self, target: str, path: Any) -> tuple[Any, Any]:
+    def send(self, target: str, path: Any, prompt: Any = None) -> tuple[Any, Any, Any]:
+        """An image (and the prompt that made it) into another tab's input, and that tab opened."""
         if not path:
             gr.Warning("Nothing to send yet: run the task first.")
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         path = str(path)
         value: Any = path
         if target in ("inpaint", "control"):
             value = {"background": path, "layers": [], "composite": path}
-        return value, gr.Tabs(selected=target)
+        if isinstance(prompt, dict):  # the gallery sends the result's recorded settings
+            prompt = prompt.get("prompt")
+        return value, prompt if isinstance(prompt, str) else gr.skip(), gr.Tabs(selected=target)
 
     def preprocess(self, control_image: Any, kind: str, preprocess: bool) -> Any:
         image = editor_composite(control_image)
@@ -816,15 +820,15 @@ class Studio:
             tab.restore_file.upload(
                 self.restorer(task),
                 tab.restore_file,
-                [*controls, tab.restore_note],
+                [*controls, tab.restore_note, tab.result],
                 api_name=f"restore_{task}",
                 concurrency_limit=None,
             )
             for target, button in tab.send.items():
                 button.click(
-                    lambda path, _t=target: self.send(_t, path),
-                    tab.result,
-                    [self.tabs[target].images[0], tabs],
+                    lambda path, prompt, _t=target: self.send(_t, path, prompt),
+                    [tab.result, tab.controls["prompt"]],
+                    [self.tabs[target].images[0], self.tabs[target].controls["prompt"], tabs],
                     queue=False,
                     **PRIVATE,
                 )
@@ -880,9 +884,9 @@ class Studio:
         g["restore"].click(self.gallery_restore, g["params"], [*all_controls, tabs], queue=False, **PRIVATE)
         for target, button in g["send"].items():
             button.click(
-                lambda path, _t=target: self.send(_t, path),
-                g["path"],
-                [self.tabs[target].images[0], tabs],
+                lambda path, params, _t=target: self.send(_t, path, params),
+                [g["path"], g["params"]],
+                [self.tabs[target].images[0], self.tabs[target].controls["prompt"], tabs],
                 queue=False,
                 **PRIVATE,
             )

@@ -65,6 +65,10 @@ def readable_inputs() -> None:
             name = str(self.label or self.elem_id or type(self).__name__).split(" (")[0]
             if payload is None and wanted in ("a number", "true or false"):
                 raise gr.Error(f"{name}: a value is required ({wanted})", print_exception=False)
+            choices = [value for _, value in getattr(self, "choices", None) or []]
+            if choices and payload not in choices and isinstance(payload, str | int | float):
+                # the API docs show every choice as a string ('2' | '4' for the upscale factor): take either form
+                payload = next((c for c in choices if str(c) == str(payload).strip()), payload)
             try:
                 return inner(self, payload)
             except Exception as err:  # noqa: BLE001 - gradio's own errors and the data model's alike

@@ -158,13 +158,19 @@ def test_send_to_and_restore(studio, tmp_path):
 
     path = save_png(Image.new("RGB", (32, 32)), tmp_path / "r.png", {"task": "edit", "prompt": "p", "seed": 3,
                                                                      "strength": 0.25, "iterations": 2})
-    value, tabs = studio.send("inpaint", str(path))
-    assert value == {"background": str(path), "layers": [], "composite": str(path)}
-    value, _ = studio.send("edit", str(path))
-    assert value == str(path)
+    value, prompt, tabs = studio.send("inpaint", str(path), "a red apple")
+    assert value == {"background": str(path), "layers": [], "composite": str(path)} and prompt == "a red apple"
+    value, prompt, _ = studio.send("edit", str(path), {"task": "generate", "prompt": "from the gallery"})
+    assert value == str(path) and prompt == "from the gallery"  # the gallery sends the result's settings
+    assert is_skip(studio.send("edit", str(path), None)[1])  # no prompt known: the target's stays
+    assert all(is_skip(v) for v in studio.send("edit", None, "x"))  # nothing to send
     restored = studio.restore("edit", str(path))
     named = dict(zip(metadata.fields("edit"), restored))
     assert named["strength"] == 0.25 and named["seed"] == 3 and is_skip(named["guidance"])
+    assert restored[-1] == str(path)  # the restored PNG is shown in the result panel too
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert is_skip(studio.restore("edit", str(plain))[-1])  # not an IRIS image: nothing restored, nothing shown
     outputs = studio.gallery_restore({"task": "edit", "prompt": "p", "seed": 3, "strength": 0.25})
     assert len(outputs) == sum(len(metadata.fields(t)) for t in studio.tabs) + 1
     start = sum(len(metadata.fields(t)) for t in ("generate", "inpaint"))

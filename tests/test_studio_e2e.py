@@ -157,6 +157,10 @@ def test_every_endpoint_returns_an_image_of_the_right_size(studio, paths):
     preview = client.predict(control_image=editor, kind="canny", preprocess=True, api_name="/preprocess")
     assert Image.open(preview).size == (96, 64)
 
+    # the API docs list the upscale factor as '2' | '4': the string form works as well as the number
+    _, _, result, params = client.predict(**{**calls["/upscale"][0], "scale": "2"}, **BUDGET, api_name="/upscale")
+    assert Image.open(result).size == (192, 128) and params["scale"] == 2
+
 
 def test_streaming_yields_one_preview_per_core_iteration_before_the_result(studio):
     _, client = studio

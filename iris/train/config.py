@@ -13,7 +13,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STAGES = ("vae", "class", "text", "aesthetic", "distill", "inpaint", "control", "upscale", "pixel_upscale")
+STAGES = ("vae", "class", "text", "aesthetic", "distill", "inpaint", "control", "upscale", "pixel_upscale",
+          "preview")
 
 
 @dataclass

@@ -7,6 +7,7 @@
     distill    5  consistency distillation along the teacher's guided flow ODE -> 1-4 step sampler
     inpaint / control / upscale   adapters trained with the base model frozen
     pixel_upscale  the learned 2x pixel upscaler: MSE against the original from its 2x2 box downscale
+    preview    the tiny live-preview decoder: L1 + MSE against the image at preview size, from its latent
 
 Randomness comes only from the `rng` generator the trainer derives from (seed, rank, step), so a
 resumed run repeats an uninterrupted one exactly.
@@ -419,11 +420,43 @@ class PixelUpscaleStage(Stage):
         return loss, {"psnr": psnr, "gain_over_bicubic_db": gain}
 
 
+class PreviewStage(Stage):
+    """The tiny preview decoder (`vae.preview = "tiny"`) on (VAE latent, image at 8x the latent grid) pairs.
+
+    Previews decode predicted x0 latents, blurred and off the data early in a run, so the latents get
+    Gaussian noise of a random strength up to 0.5 (per sample) as often as not."""
+
+    def __init__(self, pipe: IrisPipeline, cfg: TrainConfig):
+        super().__init__(pipe, cfg)
+        if pipe.config.vae.preview != "tiny":
+            from ..models.vae import TinyPreviewDecoder
+
+            pipe.config.vae.preview = "tiny"
+            pipe.previewer = TinyPreviewDecoder(pipe.config.vae.latent_channels).to(pipe.device)
+        self.previewer = pipe.previewer
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"previewer": self.previewer}
+
+    def forward(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch["image"]
+        with torch.no_grad():
+            z = self.pipe.vae.encode(x)
+            b = z.shape[0]
+            strength = torch.rand(b, generator=rng).to(z) * 0.5 * (torch.rand(b, generator=rng).to(z) < 0.5)
+            z = z + strength[:, None, None, None] * randn(tuple(z.shape), rng, z)
+        out = self.previewer(z)
+        target = F.interpolate(x, size=out.shape[-2:], mode="area")
+        mse = F.mse_loss(out, target)
+        loss = (out - target).abs().mean() + mse
+        return loss, {"psnr": (10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))).item()}
+
+
 def build_stage(cfg: TrainConfig, pipe: IrisPipeline, teacher: IrisPipeline | None = None) -> Stage:
     stages: dict[str, Any] = {
         "vae": VAEStage, "class": ClassStage, "text": FlowStage, "aesthetic": AestheticStage,
         "inpaint": InpaintStage, "control": ControlStage, "upscale": UpscaleStage,
-        "pixel_upscale": PixelUpscaleStage,
+        "pixel_upscale": PixelUpscaleStage, "preview": PreviewStage,
     }
     if cfg.stage == "distill":
         return DistillStage(pipe, cfg, teacher)
