@@ -433,6 +433,15 @@ class Studio:
         entry = next((e for e in self.gallery.entries() if e.file == file), None)
         return str(path), (entry.params if entry else None), str(path)
 
+    def gallery_delete(self, path: Any) -> tuple[Any, Any, Any]:
+        """Delete the selected result (its PNG and index entry) and clear the selection."""
+        file = self.gallery.file_of(path) if path else None
+        if file is None or not self.gallery.delete(file):
+            gr.Warning("Select a result first.")
+            return gr.skip(), gr.skip(), gr.skip()
+        gr.Info(f"Deleted {Path(file).name}.")
+        return None, None, None
+
     def gallery_restore(self, params: Any) -> list[Any]:
         outputs: list[Any] = []
         task = params.get("task") if isinstance(params, dict) else None
@@ -649,7 +658,9 @@ class Studio:
             with gr.Column(scale=2):
                 g["image"] = gr.Image(label="Selected", type="filepath", interactive=False, height=280)
                 g["params"] = gr.JSON(label="Parameters")
-                g["restore"] = gr.Button("Restore settings in its tab", variant="primary", size="sm")
+                with gr.Row():
+                    g["restore"] = gr.Button("Restore settings in its tab", variant="primary", size="sm")
+                    g["delete"] = gr.Button("🗑 Delete", variant="stop", size="sm", elem_id="gallery-delete")
                 with gr.Row():
                     g["send"] = {t: gr.Button(f"→ {TASK_TITLES[t]}", size="sm") for t in IMAGE_TARGETS}
         g["files"] = gr.State(files)
@@ -882,6 +893,8 @@ class Studio:
         )
         all_controls = [self.tabs[t].controls[name] for t in TASKS for name in metadata.fields(t)]
         g["restore"].click(self.gallery_restore, g["params"], [*all_controls, tabs], queue=False, **PRIVATE)
+        g["delete"].click(self.gallery_delete, g["path"], [g["image"], g["params"], g["path"]], queue=False,
+                          **PRIVATE).then(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
         for target, button in g["send"].items():
             button.click(
                 lambda path, params, _t=target: self.send(_t, path, params),

@@ -232,6 +232,29 @@ class Gallery:
                 self.warning = None
         return path
 
+    def delete(self, file: str) -> bool:
+        """Delete entry `file` (relative to the folder): its PNG and its index line. False, touching nothing,
+        unless `resolve` accepts it (a regular PNG inside the folder, reached without symbolic links)."""
+        path = self.resolve(file)
+        if path is None:
+            return False
+        with self._lock:
+            path.unlink(missing_ok=True)
+            self._entries = [e for e in self._entries if e.file != file]
+            try:
+                self._write(self._entries)
+            except OSError as err:  # the PNG is gone; the next start-up re-indexes without it
+                self.warning = f"deleted {path.name}, but the gallery index could not be written ({err})"
+        return True
+
+    def file_of(self, path: Any) -> str | None:
+        """The entry name (relative to the folder) of an absolute `path` inside it, else None."""
+        try:
+            rel = Path(str(path)).resolve().relative_to(self.folder).as_posix()
+        except (OSError, ValueError):
+            return None
+        return rel if self.resolve(rel) is not None else None
+
     def entries(self, limit: int | None = None) -> list[Entry]:
         """Past results whose PNG is still a regular file inside the folder, newest first."""
         with self._lock:

@@ -178,6 +178,25 @@ def test_send_to_and_restore(studio, tmp_path):
     assert edit_values["prompt"] == "p" and edit_values["strength"] == 0.25
 
 
+def test_gallery_delete_removes_the_png_and_its_entry_only(studio, tmp_path):
+    g = studio.gallery
+    keep = g.add(Image.new("RGB", (8, 8), "red"), {"task": "generate", "prompt": "keep", "seed": 1})
+    gone = g.add(Image.new("RGB", (8, 8), "blue"), {"task": "generate", "prompt": "delete me", "seed": 2})
+    assert studio.gallery_delete(str(gone)) == (None, None, None)
+    assert not gone.exists() and keep.exists()
+    prompts = [e.prompt for e in g.entries()]
+    assert "delete me" not in prompts and "keep" in prompts
+    assert "delete me" not in [e.prompt for e in type(g)(g.folder).entries()]  # the index was rewritten too
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    link = g.folder / "link.png"
+    link.symlink_to(outside)
+    for bad in (str(outside), str(link), "/etc/passwd", str(g.folder / ".." / "x.png"), None, ""):
+        assert all(is_skip(v) for v in studio.gallery_delete(bad)), bad  # refused, nothing touched
+    assert outside.exists() and link.is_symlink()
+    link.unlink()
+
+
 def test_gallery_select_and_save_settings(studio):
     items, files = studio.gallery_items()
     assert items and len(items) == len(files)
