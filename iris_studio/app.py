@@ -579,7 +579,7 @@ class Studio:
             blocks_kwargs.update(theme=theme_object(self.settings.theme), css=CSS, head=HEAD)
         with gr.Blocks(**blocks_kwargs) as demo:
             with gr.Row(equal_height=True):
-                header = gr.HTML(self.header_md())
+                header = gr.HTML(self.header_md(), elem_id="iris-header")
                 mode = gr.Radio(
                     list(MODES),
                     value=MODES[1] if self.engine.spec == FAST else MODES[0],
@@ -690,6 +690,7 @@ class Studio:
                     label="Folder or hub id (owner/name)",
                     value=spec if source in ("Local folder", "Hub id") else "",
                     placeholder="/path/to/model or owner/name",
+                    elem_id="settings-location",
                 )
                 with gr.Row():
                     from iris import VARIANTS
@@ -705,8 +706,9 @@ class Studio:
                         label="Device",
                         allow_custom_value=True,
                     )
-                s["load"] = gr.Button("Load model", variant="primary")
-                s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`")
+                s["load"] = gr.Button("Load model", variant="primary", elem_id="settings-load")
+                s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`",
+                                                elem_id="settings-model-status")
             with gr.Column():
                 gr.Markdown("### Defaults")
                 s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
@@ -919,6 +921,7 @@ class Studio:
             api_name="load_model",
             concurrency_limit=1,
             concurrency_id=RUN_GROUP,
+            show_progress_on=s["model_status"],  # a failed load is said there (and in a toast), not on the header
         )
         fields_in = [s[k] for k in self.SETTINGS_FIELDS]
         s["save"].click(

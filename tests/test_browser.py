@@ -188,6 +188,25 @@ def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
     assert not errors, errors
 
 
+def test_a_failed_model_load_marks_only_the_model_status(app, page):
+    """Loading a folder that holds no model says so in a toast and beside the Load button; the header and the
+    other outputs keep no red error badge, and the loaded model stays."""
+    studio, base = app
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Settings").click()
+    page.get_by_label("Local folder").check()
+    page.locator("#settings-location textarea, #settings-location input").first.fill("/no/such/model")
+    page.click("#settings-load")
+    page.wait_for_selector(".toast-body, [data-testid='toast-body']")
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(base / "screenshots" / "7-failed-load.png"), full_page=True)
+    assert "Could not load a model" in page.inner_text(".toast-body, [data-testid='toast-body']")
+    header_errors = page.evaluate(
+        "() => [...document.querySelectorAll('#iris-header .error, .block:has(#iris-header) .error')].length")
+    assert header_errors == 0
+    assert "random weights" in page.inner_text("#iris-header") or page.inner_text("#iris-header").strip()
+
+
 def test_login_page_logs_in_and_the_studio_works(tmp_path):
     """With --auth the browser gets gradio's login page; after logging in the studio loads and generates. The
     request guard's login rule must leave everything the login page needs open."""
