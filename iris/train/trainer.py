@@ -376,7 +376,15 @@ class Trainer:
             scaled = (raw - mean) * vae.config.scale
         else:
             scaled = torch.cat([vae.encode(x) for x in imgs])
-        self.pipe.previewer.fit(scaled, torch.cat(imgs))
+        if self.pipe.config.vae.preview != "linear" and self.cfg.train_encoder:
+            # a learned preview knew the old latent space: start again from the fitted linear map, and let
+            # `iris-train preview` train a new one on the new latents
+            from ..models.vae import PreviewDecoder
+
+            self.pipe.config.vae.preview = "linear"
+            self.pipe.previewer = PreviewDecoder(vae.config.latent_channels, vae.config.downsample).to(self.device)
+        if hasattr(self.pipe.previewer, "fit"):
+            self.pipe.previewer.fit(scaled, torch.cat(imgs))
 
     def export(self, folder: str | Path | None = None) -> Path:
         """Write the EMA model in `from_pretrained` format (rank 0)."""
