@@ -787,6 +787,7 @@ class Studio:
                 concurrency_limit=1,
                 concurrency_id=RUN_GROUP,
                 show_progress="hidden",
+                trigger_mode="multiple",  # clicks while a run is going queue up, one run each, none dropped
             )
             submit_event = tab.controls["prompt"].submit(
                 self.runner(task),

@@ -188,6 +188,24 @@ def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
     assert not errors, errors
 
 
+def test_quick_repeated_clicks_queue_one_run_each(app, page):
+    studio, base = app
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-prompt textarea")
+    page.fill("#generate-prompt textarea", "three clicks")
+    before = len(list((base / "outputs").rglob("*.png")))
+    for _ in range(3):  # while the first run is still going
+        page.click("#generate-run")
+        page.wait_for_timeout(150)
+    saved = lambda: len(list((base / "outputs").rglob("*.png"))) - before
+    for _ in range(240):
+        if saved() >= 3:
+            break
+        page.wait_for_timeout(500)
+    page.wait_for_timeout(1500)
+    assert saved() == 3
+
+
 def test_a_failed_model_load_marks_only_the_model_status(app, page):
     """Loading a folder that holds no model says so in a toast and beside the Load button; the header and the
     other outputs keep no red error badge, and the loaded model stays."""
