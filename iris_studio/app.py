@@ -848,15 +848,16 @@ class Studio:
                 )
             if task == "inpaint":
                 editor = tab.images[0]
+                # in the page, with no round trip to the server: the editor keeps its background and loses its
+                # strokes at once (a server answer re-fetched the image and could leave the editor blank)
                 tab.extra["clear"].click(
-                    lambda v: (
-                        {"background": v.get("background"), "layers": [], "composite": v.get("background")}
-                        if isinstance(v, dict) and v.get("background") is not None
-                        else gr.skip()
-                    ),
+                    None,
                     editor,
                     editor,
+                    js="(v) => (v && v.background) ? {background: v.background, layers: [], "
+                       "composite: v.background} : v",
                     queue=False,
+                    show_progress="hidden",
                     **PRIVATE,
                 )
             if task == "control":

@@ -124,6 +124,56 @@ def test_paint_a_mask_and_inpaint_keeps_everything_outside_it(app, page):
     assert not np.array_equal(result[painted], before[painted])  # inside: repainted
 
 
+def _stroke(page, dx: float, dy: float) -> None:
+    """A short brush stroke on the Inpaint editor, offset (dx, dy) from its middle."""
+    page.click("#inpaint-editor button[aria-label=Brush]")
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2 + dx, box["y"] + box["height"] / 2 + dy
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(8):
+        page.mouse.move(x + 6 * i, y, steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
+def test_clear_mask_after_errors_keeps_the_image_and_new_strokes(app, page):
+    """The sequence that used to blank the editor: Inpaint with no image (error), upload, Inpaint with no mask
+    (error), paint, Clear mask. The editor must keep the image, and a stroke painted right after the clear must
+    be the mask the next run uses (the old one gone)."""
+    studio, base = app
+    shots = base / "screenshots"
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Inpaint").click()
+    page.wait_for_selector("#inpaint-run")
+    page.click("#inpaint-run")
+    page.wait_for_selector(".toast-body, [data-testid='toast-body']")
+    image = base / "clear-input.png"
+    Image.open(os.path.join(os.path.dirname(__file__), "..", "assets", "examples", "apple.png")).convert(
+        "RGB").resize((128, 128)).save(image)
+    page.set_input_files("#inpaint-editor input[type=file]", str(image))
+    page.wait_for_selector("#inpaint-editor canvas")
+    page.wait_for_timeout(1500)
+    page.click("#inpaint-run")
+    page.wait_for_function("() => document.body.innerText.includes('Paint the area')")
+    _stroke(page, -40, -30)  # top left: to be cleared
+    page.click("#inpaint-clear")
+    page.wait_for_timeout(1000)
+    _stroke(page, 0, 30)  # bottom middle: the one that counts
+    page.screenshot(path=str(shots / "8-after-clear.png"))
+    page.fill("#inpaint-prompt textarea", "a yellow sun")
+    page.click("#inpaint-run")
+    page.wait_for_selector('#inpaint-status [data-state="done"]', timeout=60_000)
+    mask = np.asarray(fetch_image(page, "#inpaint-mask-used").convert("L")) == 255
+    assert 0.005 < mask.mean() < 0.5, mask.mean()
+    ys, xs = np.nonzero(mask)
+    assert ys.mean() > 64, "the stroke after the clear (lower half) is the mask"
+    assert not mask[:50, :50].any(), "the cleared stroke (top left) is gone"
+    result = np.asarray(fetch_image(page, "#inpaint-result").convert("RGB"))
+    before = np.asarray(Image.open(image).convert("RGB"))
+    assert np.array_equal(result[~mask], before[~mask])  # the image survived the clear
+
+
 def test_budget_grid_fills_in_cell_by_cell(app, page):
     """The Generate tab's budget grid: open the panel, ask for 2 x 2 budgets, watch the picture change as cells
     arrive, and find the labelled grid in the gallery."""
