@@ -7,6 +7,7 @@ MAX_STEPS = 200  # sampler steps
 MAX_GUIDANCE = 30.0  # classifier-free guidance scale (0: the negative prompt alone, 1: the prompt alone)
 MAX_SIDE = 2048  # pixels, width or height of an output
 MAX_IMAGES = 16  # images per call
+MAX_BATCH = 16  # the studio's batch count: runs of consecutive seeds per click
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_MAX = 2**32 - 1  # seeds picked at random stay short enough to read and type
 MAX_PADDING = 512  # px of context around the mask in masked-only inpainting

@@ -11,12 +11,16 @@ import inspect
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from iris import limits
+from iris.errors import InvalidInputError
+from iris.inputs import check_int, check_seed
 
 from . import metadata
 from .engine import FAST, GRID, TASKS, Engine, is_variant
@@ -257,10 +261,12 @@ class Studio:
             }
         raise gr.Error(f"unknown task {task}", print_exception=False)
 
-    def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None, save: bool = True):
+    def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None, save: bool = True,
+                 label: str = ""):
         """The streaming handler body: yields (preview, status, result, params), and for inpaint also the
         black/white mask the run uses (sent with the first and the last message). `save=False` (Live
-        re-renders) keeps the result out of the gallery: a scratch file, overwritten by the next one."""
+        re-renders) keeps the result out of the gallery: a scratch file, overwritten by the next one.
+        `label` starts every status line (a batch's "image 2/4")."""
         n = len(IMAGE_INPUT_NAMES[task])
         images, controls = list(values[:n]), dict(zip(metadata.fields(task), values[n:]))
         if seed_fallback is not None and (controls.get("seed") is None or float(controls["seed"]) < 0):
@@ -280,7 +286,7 @@ class Studio:
                 preview = up.image if up.image is not None else skip
                 if up.kind == "preview":
                     eta = f" · ETA {up.eta:.1f} s" if up.eta is not None else ""
-                    text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s{eta}"
+                    text = f"{label}{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s{eta}"
                     yield (preview, status_html(up.progress, text), skip, skip) + tail
                 elif up.kind == "done":
                     result = up.result
@@ -288,7 +294,7 @@ class Studio:
                     seed = result.params.get("seed")
                     if save:
                         path = self.gallery.add(result.image, result.params)
-                        text = f"Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
+                        text = f"{label}Done in {up.elapsed:.1f} s · {w}×{h} · seed {seed} · saved {path.name}"
                         if self.gallery.warning:
                             text += f" ({self.gallery.warning})"
                     else:
@@ -301,6 +307,54 @@ class Studio:
                     yield (preview, status_html(up.progress, text, "cancelled"), skip, skip) + tail
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
+
+    def run_batch(self, values: tuple[Any, ...], count: Any):
+        """Generate with `count` consecutive seeds from the chosen one (a random start for -1): every image
+        streams its previews and is saved to the gallery with its own seed; the result panel then shows them
+        all as one grid. Yields what `run_task` yields."""
+        try:
+            count = check_int("batch count", count if count not in (None, "") else 1, 1, limits.MAX_BATCH)
+        except InvalidInputError as err:
+            raise user_error(err) from None
+        if count == 1:
+            yield from self.run_task("generate", values)
+            return
+        names = metadata.fields("generate")
+        controls = dict(zip(names, values))
+        seed = controls.get("seed")
+        try:
+            first = (random.randint(0, limits.RANDOM_SEED_MAX) if seed is None or seed == "" or float(seed) < 0
+                     else check_seed(seed))
+        except (InvalidInputError, TypeError, ValueError) as err:
+            raise user_error(err) from None
+        skip = gr.skip()
+        images, params, started = [], None, time.perf_counter()
+        for k in range(count):
+            one = list(values)
+            one[names.index("seed")] = first + k
+            got = None
+            for out in self.run_task("generate", tuple(one), label=f"Image {k + 1}/{count} · "):
+                preview, status, result, p = out
+                if isinstance(result, str):
+                    got, params = result, p
+                yield preview, status, skip, skip
+            if got is None:  # stopped: keep what is done
+                break
+            images.append(Image.open(got).convert("RGB"))
+        if not images:
+            return
+        cols = min(4, len(images))
+        rows = -(-len(images) // cols)
+        w, h = images[0].size
+        sheet = Image.new("RGB", (cols * w + (cols - 1) * 4, rows * h + (rows - 1) * 4), "white")
+        for i, image in enumerate(images):
+            sheet.paste(image, ((i % cols) * (w + 4), (i // cols) * (h + 4)))
+        seeds = list(range(first, first + len(images)))
+        batch_params = {**(params or {}), "batch_seeds": seeds}
+        path = live_scratch("batch", sheet, batch_params)
+        text = (f"{len(images)} images in {time.perf_counter() - started:.1f} s · seeds {seeds[0]}–{seeds[-1]}, "
+                "each saved to the gallery")
+        yield skip, status_html(1.0, text, "done"), str(path), batch_params
 
     def run_grid(self, prompt: str, negative_prompt: str, seed: Any, guidance: float, sampler: str, width: Any,
                  height: Any, grid_iterations: str, grid_steps: str):
@@ -338,10 +392,17 @@ class Studio:
             raise user_error(err) from None
 
     def runner(self, task: str) -> Any:
+        names = [*IMAGE_INPUT_NAMES[task], *metadata.fields(task)]
+        if task == "generate":  # and its batch count, last
+
+            def run_generate(*values: Any):
+                yield from self.run_batch(values[:-1], values[-1])
+
+            return _named(run_generate, [*names, "batch_count"], {"batch_count": 1})
+
         def run(*values: Any):
             yield from self.run_task(task, values)
 
-        names = [*IMAGE_INPUT_NAMES[task], *metadata.fields(task)]
         return _named(run, names)
 
     def live_runner(self, task: str) -> Any:
@@ -779,9 +840,10 @@ class Studio:
                 w, h = (rest[0], rest[1]) if _size else (None, None)
                 return self.budget_md(steps, iterations, guidance, w, h, rest[-1])
 
+            run_inputs = [*inputs, tab.extra["batch"]] if task == "generate" else inputs
             run_event = tab.run.click(
                 self.runner(task),
-                inputs,
+                run_inputs,
                 outputs,
                 api_name=task,
                 concurrency_limit=1,
@@ -791,7 +853,7 @@ class Studio:
             )
             submit_event = tab.controls["prompt"].submit(
                 self.runner(task),
-                inputs,
+                run_inputs,
                 outputs,
                 concurrency_limit=1,
                 concurrency_id=RUN_GROUP,

@@ -305,6 +305,11 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     controls["end"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
 
             # ---------------------------------------------------------------- seed, size, guidance
+            if task == "generate":
+                extra["batch"] = gr.Slider(
+                    1, limits.MAX_BATCH, value=1, step=1, elem_id="generate-batch",
+                    label="Batch count (consecutive seeds from the chosen one; each saved, shown as a grid)",
+                )
             with gr.Row(equal_height=False, elem_classes=["iris-seed-row"]):
                 controls["seed"] = gr.Number(
                     value=-1,

@@ -238,6 +238,24 @@ def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
     assert not errors, errors
 
 
+def test_batch_count_shows_a_grid_and_saves_each_seed(app, page):
+    studio, base = app
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-batch input[type=number]")
+    page.fill("#generate-prompt textarea", "a batch of three")
+    page.fill("#generate-seed input", "7")
+    box = page.locator("#generate-batch input[type=number]")
+    box.fill("3")
+    box.press("Enter")
+    page.click("#generate-run")
+    page.wait_for_function(
+        "() => document.querySelector('#generate-status').innerText.includes('3 images')", timeout=120_000)
+    page.screenshot(path=str(base / "screenshots" / "9-batch.png"), full_page=True)
+    sheet = fetch_image(page, "#generate-result")
+    assert sheet.size == (3 * 128 + 2 * 4, 128)  # three 128 px images in a row, 4 px apart
+    assert "seeds 7–9" in page.inner_text("#generate-status")
+
+
 def test_quick_repeated_clicks_queue_one_run_each(app, page):
     studio, base = app
     page.goto(studio.url)

@@ -45,6 +45,26 @@ def test_the_app_has_every_tab_and_shared_controls(studio):
     assert "NFE **3**" in studio.budget_md(2, 3, 1.0, 64, 64, "heun")
 
 
+def test_batch_count_runs_consecutive_seeds_saves_each_and_shows_a_grid(studio):
+    controls = dict(prompt="a cat", seed=40, guidance=1.0, steps=1, iterations=1, sampler="euler", width=32,
+                    height=32)
+    values = tuple(controls.get(name) for name in metadata.fields("generate"))
+    before = len(studio.gallery.entries())
+    outputs = list(studio.run_batch(values, 3))
+    entries = studio.gallery.entries()[: len(studio.gallery.entries()) - before]
+    assert sorted(e.seed for e in entries) == [40, 41, 42]  # each image saved with its own seed
+    assert any("Image 2/3" in str(o[1]) for o in outputs)  # the status says which image is running
+    _, status, sheet, params = outputs[-1]
+    assert 'data-state="done"' in status and "seeds 40–42" in status
+    assert params["batch_seeds"] == [40, 41, 42]
+    assert Image.open(sheet).size == (3 * 32 + 2 * 4, 32)  # one row of three, 4 px apart
+    single = list(studio.run_batch(values, 1))
+    assert Image.open(single[-1][2]).size == (32, 32)  # batch 1: the plain run
+    for bad in (0, 17, "x", float("nan")):
+        with pytest.raises(gr.Error, match="batch count"):
+            list(studio.run_batch(values, bad))
+
+
 def test_the_budget_line_says_the_size_a_run_will_use(studio):
     f = studio.engine.pipe.latent_factor
     assert f"**{4 * f} × {2 * f}** px" in studio.budget_md(1, 1, 1.0, 4 * f, 2 * f, "euler")
