@@ -349,24 +349,18 @@ class IrisCore:
             s = gen.initial_state(e[:b], state_gen)  # the guided and unguided halves share s_0
             s = torch.cat([s, s]) if use_cfg else s
             guided = lambda v: sampling.cfg_combine(*v.chunk(2), budget.guidance) if use_cfg else v
-            for i in range(1, budget.iterations + 1):
-                s_next = gen.iterate(s, e, c, text, i)
-                done = False
-                if budget.exit_threshold is not None:
-                    change = (s_next - s).flatten(1).norm(dim=1) / s_next.flatten(1).norm(dim=1).clamp_min(1e-8)
-                    done = bool((change < budget.exit_threshold).all())
-                s = s_next
-                if on_preview is not None:
-                    image = None
-                    if throttle.allow():
-                        t_start = time.perf_counter()
-                        x0 = sampling.predicted_x0(z[:1], guided(gen.decode(s, e, c))[:1], t)
-                        image = tensor_to_pil(self.previewer(x0))[0]
-                        throttle.record(time.perf_counter() - t_start)
-                    on_preview(PreviewEvent(step + 1, budget.steps, i, budget.iterations, image,
-                                            time.perf_counter() - t0))
-                if done:
-                    break
+
+            def preview(i: int, s: torch.Tensor) -> None:
+                image = None
+                if throttle.allow():
+                    t_start = time.perf_counter()
+                    x0 = sampling.predicted_x0(z[:1], guided(gen.decode(s, e, c))[:1], t)
+                    image = tensor_to_pil(self.previewer(x0))[0]
+                    throttle.record(time.perf_counter() - t_start)
+                on_preview(PreviewEvent(step + 1, budget.steps, i, budget.iterations, image, time.perf_counter() - t0))
+
+            s = gen.run_core(s, e, c, text, budget.iterations, exit_threshold=budget.exit_threshold,
+                             on_iteration=preview if on_preview is not None else None)
             return guided(gen.decode(s, e, c))
 
         def step_hook(i: int, z: torch.Tensor) -> torch.Tensor | None:

@@ -211,19 +211,20 @@ def test_png_metadata_round_trips_into_the_controls(studio):
                                           api_name="/generate")
     assert read_params(result) == params  # the served file is the saved PNG, chunk included
     values = client.predict(png=handle_file(result), api_name="/restore_generate")
-    restored = dict(zip(metadata.fields("generate"), values[:-1]))
+    restored = dict(zip(metadata.fields("generate"), values[:-2]))  # then the note, then the image
     assert restored == {"prompt": "round trip", "negative_prompt": "ugly", "seed": 1234, "guidance": 2.5,
                         "steps": 1, "iterations": 3, "sampler": "heun", "width": 64, "height": 80}
-    assert "seed 1234" in values[-1]
+    assert "seed 1234" in values[-2]
+    assert np.array_equal(np.asarray(Image.open(values[-1])), np.asarray(Image.open(result)))  # shown as well
     # another tab takes the settings it has
     values = client.predict(png=handle_file(result), api_name="/restore_edit")
-    edit = dict(zip(metadata.fields("edit"), values[:-1]))
+    edit = dict(zip(metadata.fields("edit"), values[:-2]))
     assert edit["prompt"] == "round trip" and edit["seed"] == 1234 and edit["iterations"] == 3
     # a PNG without parameters changes nothing and says so
     plain = Path(result).with_name("plain.png")
     Image.new("RGB", (8, 8)).save(plain)
     values = client.predict(png=handle_file(str(plain)), api_name="/restore_generate")
-    assert "no IRIS parameters" in values[-1]
+    assert "no IRIS parameters" in values[-2]
 
 
 def test_results_land_in_the_gallery_folder(studio, paths):

@@ -246,24 +246,45 @@ class IrisGenerator(nn.Module):
         on_iteration(i, s_i): called after every iteration (previews, cancellation).
         exit_threshold: stop early once ||s_i - s_{i-1}|| / ||s_i|| falls below it (adaptive exit).
         """
-        if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
         c = self.condition(t, text, labels)
         e = self.embed(z, c, residual)
         s = self.initial_state(e, state_generator)
+        s = self.run_core(s, e, c, text, iterations, backprop_iterations=backprop_iterations,
+                          on_iteration=on_iteration, exit_threshold=exit_threshold)
+        return self.decode(s, e, c)
+
+    def run_core(
+        self,
+        s: torch.Tensor,
+        e: torch.Tensor,
+        c: torch.Tensor,
+        text: TextCondition,
+        iterations: int,
+        *,
+        backprop_iterations: int | None = None,
+        on_iteration: IterationHook | None = None,
+        exit_threshold: float | None = None,
+    ) -> torch.Tensor:
+        """The recurrent-depth loop, s_0 -> s_r (all [B, h, w, D]): the one every caller runs (training through
+        `forward`, and the sampling loop of every task).
+
+        backprop_iterations: keep gradients only through the last k iterations (truncated backprop).
+        on_iteration(i, s_i): called after every iteration (previews, cancellation).
+        exit_threshold: stop early once ||s_i - s_{i-1}|| / ||s_i|| falls below it for every sample.
+        """
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
         k = iterations if backprop_iterations is None else backprop_iterations
         for i in range(1, iterations + 1):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i > iterations - k):
                 s_next = self.iterate(s, e, c, text, i)
+            done = False
             if exit_threshold is not None:
                 change = (s_next - s).flatten(1).norm(dim=1) / s_next.flatten(1).norm(dim=1).clamp_min(1e-8)
-                s = s_next
-                if on_iteration is not None:
-                    on_iteration(i, s)
-                if bool((change < exit_threshold).all()):
-                    break
-                continue
+                done = bool((change < exit_threshold).all())
             s = s_next
             if on_iteration is not None:
                 on_iteration(i, s)
-        return self.decode(s, e, c)
+            if done:
+                break
+        return s
