@@ -166,9 +166,15 @@ class Studio:
         width: Any = None,
         height: Any = None,
         sampler: Any = None,
+        output: tuple[int, int] | None = None,
     ) -> str:
+        """The budget line: NFE, depth, the size the run uses and its time estimate. `output`: a size the task
+        derives itself (an upscale's input times its scale), shown and estimated as it is."""
         size, note = "", ""
-        if width is not None or height is not None:  # tabs with a size: say what the run will really use
+        if output is not None:
+            size = f" · **{output[0]} × {output[1]}** px"
+            width, height = output
+        elif width is not None or height is not None:  # tabs with a size: say what the run will really use
             from iris.errors import InvalidInputError
 
             try:
@@ -307,6 +313,12 @@ class Studio:
                     yield (preview, status_html(up.progress, text, "cancelled"), skip, skip) + tail
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
+
+    @staticmethod
+    def input_size(value: Any) -> tuple[int, int] | None:
+        """(width, height) of a tab's input image or editor background, for the budget line; None without one."""
+        image = editor_image(value) if isinstance(value, dict) else value
+        return tuple(image.size) if isinstance(image, Image.Image) else None
 
     def run_batch(self, values: tuple[Any, ...], count: Any):
         """Generate with `count` consecutive seeds from the chosen one (a random start for -1): every image
@@ -835,10 +847,25 @@ class Studio:
                 for k in ("steps", "iterations", "guidance", "width", "height", "sampler")
                 if k in tab.controls
             ]
+            input_size = None
+            if tab.images:  # the run's size follows its input image (upscale: times the scale)
+                input_size = gr.State(None)
+                budget_inputs += [input_size] + ([tab.controls["scale"]] if task == "upscale" else [])
 
-            def budget_fn(steps, iterations, guidance, *rest, _size=has_size):
+            def budget_fn(steps, iterations, guidance, *rest, _size=has_size, _task=task):
                 w, h = (rest[0], rest[1]) if _size else (None, None)
-                return self.budget_md(steps, iterations, guidance, w, h, rest[-1])
+                sampler = rest[2] if _size else rest[0]
+                image = rest[3 if _size else 1] if len(rest) > (3 if _size else 1) else None
+                if isinstance(image, (list, tuple)) and len(image) == 2 and not (_size and (w or h)):
+                    if _task == "upscale":
+                        try:
+                            factor = int(float(rest[-1] or 2))
+                        except (TypeError, ValueError):
+                            factor = 2
+                        output = (image[0] * factor, image[1] * factor)
+                        return self.budget_md(steps, iterations, guidance, None, None, sampler, output=output)
+                    w, h = image
+                return self.budget_md(steps, iterations, guidance, w, h, sampler)
 
             run_inputs = [*inputs, tab.extra["batch"]] if task == "generate" else inputs
             run_event = tab.run.click(
@@ -876,10 +903,16 @@ class Studio:
             tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
             tab.reuse.click(self.reuse, tab.params, tab.controls["seed"], queue=False, **PRIVATE)
             for comp in budget_inputs:
+                if comp is input_size:
+                    continue
                 # preprocess=False: a number half typed ("2" of "256") reaches budget_md as it is, which
                 # says what is wrong instead of the slider raising an error badge at every keystroke
                 comp.change(budget_fn, budget_inputs, tab.budget, queue=False, preprocess=False,
                             trigger_mode="always_last", **PRIVATE)
+            if input_size is not None:
+                tab.images[0].change(self.input_size, tab.images[0], input_size, queue=False,
+                                     show_progress="hidden", **PRIVATE).then(
+                    budget_fn, budget_inputs, tab.budget, queue=False, preprocess=False, **PRIVATE)
             demo.load(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
             for slider in (tab.controls["iterations"], tab.controls["steps"]):
                 slider.release(self.cancel_if_live, tab.live, None, queue=False, **PRIVATE).then(

@@ -278,6 +278,7 @@ class Engine:
             pending = None
             count = 0
             last = None
+            first_at = 0.0  # seconds from the start to the first core iteration (text encoding, set-up)
             while True:
                 kind, payload = events.get()
                 if kind == "cell":
@@ -291,9 +292,12 @@ class Engine:
                     if payload.image is not None:
                         pending = payload.image
                     now = time.perf_counter()
+                    if count == 1:
+                        first_at = now - start
                     if now - last_emit >= interval:
                         exact = sampler == "heun" and task != "upscale"  # heun repeats step numbers
-                        yield self._preview_update(payload, count, expected if exact else 0, pending, now - start)
+                        yield self._preview_update(payload, count, expected if exact else 0, pending, now - start,
+                                                   first_at)
                         pending = None
                         last_emit = now
                     continue
@@ -331,10 +335,17 @@ class Engine:
                 self._active.discard(flag)
                 self._background.discard(flag)
 
-    def _preview_update(self, event: Any, count: int, expected: int, image: Any, elapsed: float) -> Update:
+    def _preview_update(self, event: Any, count: int, expected: int, image: Any, elapsed: float,
+                        first_at: float = 0.0) -> Update:
+        """A preview update; its ETA is the time per core iteration measured since the first one (the set-up
+        before it, text encoding and the first call's warm-up, does not repeat) times the iterations left,
+        plus the decode still to come."""
         progress = count / expected if 0 < count <= expected else float(event.progress)
         progress = min(max(progress, 1e-6), 1.0)
-        eta = elapsed * (1 - progress) / progress
+        left = count * (1 - progress) / progress  # core iterations still to run
+        # after one iteration, all the time so far (set-up included) is the only pace known: an upper bound
+        pace = (elapsed - first_at) / (count - 1) if count >= 2 and elapsed > first_at else elapsed / max(count, 1)
+        eta = pace * left
         if self._overhead is not None:
             eta += self._overhead * 0.5
         return Update(

@@ -256,6 +256,20 @@ def test_batch_count_shows_a_grid_and_saves_each_seed(app, page):
     assert "seeds 7–9" in page.inner_text("#generate-status")
 
 
+def test_upscale_budget_line_follows_the_image_and_the_scale(app, page):
+    """The time estimate of an upscale is for its output: the input's size times the scale."""
+    studio, base = app
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Upscale").click()
+    small = base / "small-64x48.png"
+    Image.new("RGB", (64, 48), "purple").save(small)
+    page.set_input_files("#upscale-input input[type=file]", str(small))
+    page.wait_for_function("() => document.querySelector('#upscale-budget').innerText.includes('128 × 96')")
+    page.get_by_label("4").check()
+    page.wait_for_function("() => document.querySelector('#upscale-budget').innerText.includes('256 × 192')")
+    page.screenshot(path=str(base / "screenshots" / "10-upscale-budget.png"))
+
+
 def test_quick_repeated_clicks_queue_one_run_each(app, page):
     studio, base = app
     page.goto(studio.url)

@@ -296,6 +296,23 @@ def test_engine_streams_one_preview_per_core_iteration(engine):
     assert engine.budget(2, 3, 1.0, sampler="heun")["nfe"] == 3
 
 
+def test_eta_counts_the_pace_since_the_first_iteration(engine):
+    """A run that spent 2 s setting up and then 0.1 s per core iteration: after 5 of 10 iterations the ETA is
+    the 5 left at 0.1 s (plus the decode to come), not 2.4 s extrapolated from the whole elapsed time."""
+    from types import SimpleNamespace
+
+    saved = engine._overhead
+    engine._overhead = 0.2
+    try:
+        event = SimpleNamespace(progress=0.5, label="step 1/2 · iteration 5/5")
+        update = engine._preview_update(event, 5, 0, None, elapsed=2.4, first_at=2.0)
+        assert update.eta == pytest.approx(5 * 0.1 + 0.1)
+        first = engine._preview_update(SimpleNamespace(progress=0.1, label="x"), 1, 0, None, 2.0, 2.0)
+        assert first.eta == pytest.approx(9 * 2.0 + 0.1)  # one iteration seen: an upper bound, never zero
+    finally:
+        engine._overhead = saved
+
+
 def test_engine_throttles_previews(engine):
     updates = list(engine.run("generate", {"prompt": "", "steps": 2, "iterations": 4, "seed": 1, "guidance": 1.0,
                                            "width": 32, "height": 32}, interval=3600.0, preview_fraction=None))
