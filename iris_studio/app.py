@@ -35,6 +35,7 @@ from .tabs import (
     IMAGE_TARGETS,
     TASK_TITLES,
     TaskTab,
+    blank_canvas,
     readable_inputs,
     readable_payloads,
     status_html,
@@ -956,6 +957,7 @@ class Studio:
                     **PRIVATE,
                 )
             if task == "control":
+                tab.extra["blank"].click(blank_canvas, None, tab.images[0], queue=False, **PRIVATE)
                 pre_inputs = [tab.images[0], tab.controls["kind"], tab.controls["preprocess"]]
                 preview = tab.extra["control_preview"]
                 gr.Button(visible=False).click(

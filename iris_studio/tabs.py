@@ -219,8 +219,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     )
             elif task == "control":
                 editor = gr.ImageEditor(
-                    value=blank_canvas(),
-                    label="Control image (upload or draw)",
+                    value=None,  # opens on the upload area; "Blank canvas" gives a white page to draw on
+                    label="Control image (upload, or a blank canvas to draw on)",
                     type="pil",
                     image_mode="RGB",
                     format="png",
@@ -233,6 +233,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     elem_id="control-editor",
                 )
                 images.append(editor)
+                extra["blank"] = gr.Button("✏️ Blank canvas to draw on", size="sm", elem_id="control-blank")
             elif task in ("edit", "upscale"):
                 images.append(
                     gr.Image(

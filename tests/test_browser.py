@@ -270,6 +270,29 @@ def test_upscale_budget_line_follows_the_image_and_the_scale(app, page):
     page.screenshot(path=str(base / "screenshots" / "10-upscale-budget.png"))
 
 
+def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
+    """The Control tab's editor opens ready for an upload (a click there does not draw a dot on a white page);
+    "Blank canvas" gives a page to draw on; an uploaded image shows its control map."""
+    studio, base = app
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Control").click()
+    page.wait_for_selector("#control-editor")
+    text = page.inner_text("#control-editor").lower()
+    assert "upload" in text or "drop" in text, text
+    page.click("#control-blank")
+    page.wait_for_selector("#control-editor canvas")
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(base / "screenshots" / "11-control-blank.png"))
+    image = base / "control-input.png"
+    Image.open(os.path.join(os.path.dirname(__file__), "..", "assets", "examples", "apple.png")).convert(
+        "RGB").save(image)
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Control").click()
+    page.set_input_files("#control-editor input[type=file]", str(image))
+    page.wait_for_selector("#control-preview img", timeout=60_000)
+    page.screenshot(path=str(base / "screenshots" / "12-control-upload.png"))
+
+
 def test_quick_repeated_clicks_queue_one_run_each(app, page):
     studio, base = app
     page.goto(studio.url)
