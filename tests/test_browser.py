@@ -184,8 +184,11 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
     page.wait_for_selector("#generate-prompt textarea")
     page.fill("#generate-prompt textarea", "a red apple on a blue background")
     page.click("#grid-panel button")  # the accordion's header opens it
-    page.fill("#grid-iterations textarea, #grid-iterations input", "1,2")
-    page.fill("#grid-steps textarea, #grid-steps input", "1,2")
+    for box in ("#grid-iterations", "#grid-steps"):
+        field = page.locator(f"{box} textarea, {box} input").first
+        field.fill("1,2")
+        field.press("Tab")  # the textbox hands its value to the app when it loses focus
+    page.wait_for_timeout(500)
     page.evaluate("""() => {
         window.__grids = [];
         const root = document.querySelector('#grid-image');
@@ -330,7 +333,7 @@ def test_a_failed_model_load_marks_only_the_model_status(app, page):
     assert "random weights" in page.inner_text("#iris-header") or page.inner_text("#iris-header").strip()
 
 
-def test_login_page_logs_in_and_the_studio_works(tmp_path):
+def test_login_page_logs_in_and_the_studio_works(page, tmp_path):
     """With --auth the browser gets gradio's login page; after logging in the studio loads and generates. The
     request guard's login rule must leave everything the login page needs open."""
     if not os.path.exists(CHROMIUM):
@@ -341,27 +344,26 @@ def test_login_page_logs_in_and_the_studio_works(tmp_path):
     studio = StudioProcess(make_test_model(tmp_path / "model"), config, tmp_path / "outputs", tmp_path / "log",
                            extra=("--auth", "me:secret"))
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(60_000)
-            page.goto(studio.url)
-            page.wait_for_selector("input[type=password]")
-            assert not page.query_selector("#generate-prompt textarea")
-            page.fill("input[type=text]", "me")
-            page.fill("input[type=password]", "wrong")
-            page.keyboard.press("Enter")
-            page.wait_for_timeout(1500)
-            assert not page.query_selector("#generate-prompt textarea")  # a wrong password lets nothing in
-            page.fill("input[type=text]", "me")
-            page.fill("input[type=password]", "secret")
-            page.keyboard.press("Enter")
-            page.wait_for_selector("#generate-prompt textarea")
-            page.fill("#generate-prompt textarea", "a red apple on a blue background")
-            page.click("#generate-run")
-            page.wait_for_selector('#generate-status [data-state="done"]')
-            page.screenshot(path=str(tmp_path / "logged-in.png"))
-            assert fetch_image(page, "#generate-result").size[0] > 0
-            browser.close()
+        # a page of its own in the module's browser (one Playwright per process)
+        page = page.context.browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(studio.url)
+        page.wait_for_selector("input[type=password]")
+        assert not page.query_selector("#generate-prompt textarea")
+        page.fill("input[type=text]", "me")
+        page.fill("input[type=password]", "wrong")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1500)
+        assert not page.query_selector("#generate-prompt textarea")  # a wrong password lets nothing in
+        page.fill("input[type=text]", "me")
+        page.fill("input[type=password]", "secret")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#generate-prompt textarea")
+        page.fill("#generate-prompt textarea", "a red apple on a blue background")
+        page.click("#generate-run")
+        page.wait_for_selector('#generate-status [data-state="done"]')
+        page.screenshot(path=str(tmp_path / "logged-in.png"))
+        assert fetch_image(page, "#generate-result").size[0] > 0
+        page.close()
     finally:
         studio.stop()
