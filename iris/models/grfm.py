@@ -25,8 +25,8 @@ from .scan import chunked_linear_scan, fast_exp
 
 
 class _InferenceCache:
-    """One tensor derived from a module's parameters, rebuilt when its key (sizes, parameter storage and
-    version) changes.
+    """A value derived from a module's parameters (a tensor or a tuple of them), rebuilt when its key (sizes,
+    parameter storage and version) changes.
 
     Only used without autograd: training always recomputes, so gradients flow as usual.
     """
