@@ -510,6 +510,8 @@ CSS = """
                background: rgba(245,158,11,0.08); }
 .iris-header h1 { margin: 0; font-size: 1.5rem; }
 .iris-header p { margin: 0; color: var(--body-text-color-subdued); }
+#gallery .caption-label { white-space: normal; max-width: calc(100% - 8px); display: -webkit-box;
+  -webkit-line-clamp: 3; -webkit-box-orient: vertical; }
 .iris-fill img { width: 100% !important; height: 100% !important; object-fit: contain; }
 #gallery img { object-fit: contain !important; }
 .iris-vocab { font-size: var(--text-sm); }

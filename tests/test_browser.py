@@ -296,6 +296,20 @@ def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
     page.screenshot(path=str(base / "screenshots" / "12-control-upload.png"))
 
 
+def test_gallery_captions_wrap_instead_of_being_cut(app, page):
+    studio, base = app
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-prompt textarea")
+    page.fill("#generate-prompt textarea", "a long prompt: a red apple and a yellow star on a blue background")
+    page.click("#generate-run")
+    page.wait_for_selector('#generate-status [data-state="done"]', timeout=120_000)
+    page.get_by_role("tab", name="Gallery").click()
+    page.wait_for_selector("#gallery .caption-label")
+    styles = page.evaluate("""() => [...document.querySelectorAll('#gallery .caption-label')].map(e => ({
+        ws: getComputedStyle(e).whiteSpace, cut: e.scrollWidth > e.clientWidth + 1, text: e.innerText}))""")
+    assert styles and all(s["ws"] == "normal" and not s["cut"] for s in styles), styles[:3]
+
+
 def test_quick_repeated_clicks_queue_one_run_each(app, page):
     studio, base = app
     page.goto(studio.url)
