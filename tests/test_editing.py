@@ -90,6 +90,23 @@ def test_edit_accepts_path_bytes_and_array(nano_pipe, tmp_path):
         assert np.array_equal(arr(r), arr(results[0]))
 
 
+def test_edit_strength_maps_to_its_square_noise_level(nano_pipe):
+    """An edit of strength s starts from noise level s² (edit_noise_level): the same latents as SDEdit run at
+    that level by hand."""
+    from iris.inputs import open_image, pil_to_tensor
+
+    assert editing.edit_noise_level(0.0) == 0.0 and editing.edit_noise_level(1.0) == 1.0
+    assert editing.edit_noise_level(0.5) == pytest.approx(0.25)
+    img = photo(32, 32)
+    result = nano_pipe.edit(img, "a cat", strength=0.6, seed=3, **FAST)
+    z_clean = nano_pipe.encode(pil_to_tensor(open_image(img)))
+    noise = nano_pipe.initial_noise(3, tuple(z_clean.shape))
+    budget = nano_pipe.check_budget(FAST["steps"], FAST["iterations"], FAST["guidance"])
+    by_hand = editing.sdedit(nano_pipe, z_clean, noise, "a cat", "", budget, 3, 0.36)
+    torch.testing.assert_close(result.latents, by_hand)
+    assert result.params["strength"] == 0.6  # the user's strength is what is recorded
+
+
 def test_sdedit_start_matches_strength_under_shift():
     for shift in (1.0, 3.0, 0.5):
         for strength in (0.1, 0.5, 0.9, 1.0):
