@@ -21,10 +21,18 @@ def test_no_bad_input_gets_a_traceback_or_an_unclear_message(layer):
     counts: Counter = Counter()
     failures: list[str] = []
     {"engine": matrix.run_engine, "cli": matrix.run_cli, "api": matrix.run_api}[layer](counts, failures, False)
-    cases = sum(v for k, v in counts.items() if not k.endswith("tracebacks"))
+    cases = sum(v for k, v in counts.items() if "tracebacks" not in k)
     assert cases >= {"engine": 1000, "cli": 300, "api": 1500}[layer], counts
     assert counts[f"{layer} message"] > cases // 2, counts  # most bad values are refused, with a message
     assert not failures, "\n".join(failures[:20])
+
+
+def test_console_tracebacks_are_read_to_their_exception_line():
+    log = ("ready\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\n"
+           "ValueError: bad\nmore\nTraceback (most recent call last):\n  File \"y.py\", line 2\n"
+           "anyio.ClosedResourceError\n")
+    assert matrix.console_tracebacks(log) == ["ValueError: bad", "anyio.ClosedResourceError"]
+    assert "ClosedResourceError" in matrix.DISCONNECTS and "ValueError" not in matrix.DISCONNECTS
 
 
 def test_the_classifier_tells_clear_messages_from_unclear_ones():
