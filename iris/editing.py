@@ -198,20 +198,36 @@ def edit(
 
 
 # ---------------------------------------------------------------------------------------------- inpaint
-def _feathered_alpha(mask: Image.Image, binary: np.ndarray, box: tuple[int, int, int, int],
-                     blur: float) -> np.ndarray:
-    """Composite weights [h, w] in [0, 1] inside `box`: the mask blurred by `blur` px, zeroed outside the
-    binary mask (feathered inward only, so unmasked pixels keep weight exactly 0)."""
+def feather_reach(blur: float) -> int:
+    """How far beyond the mask, in px, inpainting's soft edge reaches at `mask_blur` = blur (0 at 0)."""
+    return 0 if blur <= 0 else math.ceil(blur) + math.ceil(1.5 * blur) + 2
+
+
+def grow_mask(binary: np.ndarray, px: int) -> np.ndarray:
+    """[H, W] bool: the mask dilated by `px` pixels (a (2 px + 1)-square neighbourhood)."""
+    if px <= 0:
+        return binary.copy()
+    t = torch.from_numpy(binary.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * px + 1, stride=1, padding=px)[0, 0].numpy() > 0
+
+
+def _feathered_alpha(binary: np.ndarray, box: tuple[int, int, int, int], blur: float) -> np.ndarray:
+    """Composite weights [h, w] in [0, 1] inside `box`: 1 on the whole mask, easing to 0 over about
+    2 x `blur` px beyond it (the mask grown by `blur` px, then blurred by blur / 2). The painted region is
+    replaced completely, so none of the old object survives at its rim; pixels farther than
+    `feather_reach(blur)` px from the mask keep weight exactly 0."""
     x0, y0, x1, y1 = box
     inside = binary[y0:y1, x0:x1]
     if blur <= 0:
         return inside.astype(np.float32)
-    m = math.ceil(3 * blur) + 2
-    W, H = mask.size
+    m = feather_reach(blur)
+    H, W = binary.shape
     bx0, by0, bx1, by1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
-    blurred = mask.crop((bx0, by0, bx1, by1)).filter(ImageFilter.GaussianBlur(blur))
-    a = np.asarray(blurred, dtype=np.float32)[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] / 255.0
-    return a * inside
+    grown = grow_mask(binary[by0:by1, bx0:bx1], math.ceil(blur))
+    soft = Image.fromarray(grown.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(blur / 2))
+    a = np.asarray(soft, dtype=np.float32)[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] / 255.0
+    a = np.where(a < 1.5 / 255, 0.0, a)
+    return np.maximum(a, inside.astype(np.float32))
 
 
 def latent_mask(region_mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -245,10 +261,12 @@ def inpaint(
 
     At every sampler step the known (unmasked, latent-mask 0) region is reset to the original latent noised
     to the current t with the run's seeded noise; the model's `inpaint` adapter, when it has one, sees the
-    known latent and the mask. The result is composited over the original with the mask blurred by
-    `mask_blur` px and feathered inward only: pixels outside the mask come back exactly unchanged.
+    known latent and the mask. The result replaces the whole mask and eases into the original over about
+    2 x `mask_blur` px beyond it, so no outline of the old content survives at the mask's rim; pixels farther
+    than `feather_reach(mask_blur)` px from the mask (all of them outside it at mask_blur 0) come back exactly
+    unchanged.
 
-    masked_only: work on the mask's bounding box grown by `padding` px, resized so its longer side is the
+    masked_only: work on the mask's bounding box grown by `padding` px (at least the feather's reach), resized so its longer side is the
     model's resolution, and paste it back (more detail for small masks in large images).
 
     A mask of another size than the image is resized to it (nearest). An empty mask returns the input
@@ -276,8 +294,9 @@ def inpaint(
 
     if masked_only and not full:
         ys, xs = np.nonzero(binary)
-        box = (max(0, int(xs.min()) - padding), max(0, int(ys.min()) - padding),
-               min(W, int(xs.max()) + 1 + padding), min(H, int(ys.max()) + 1 + padding))
+        pad = max(padding, feather_reach(mask_blur))  # the soft edge fits inside the crop
+        box = (max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
+               min(W, int(xs.max()) + 1 + pad), min(H, int(ys.max()) + 1 + pad))
         gw, gh = native_grid(pipe, box[2] - box[0], box[3] - box[1])
     else:
         box = (0, 0, W, H)
@@ -310,7 +329,7 @@ def inpaint(
     if full:
         out = np.asarray(generated).copy()
     else:
-        alpha = _feathered_alpha(mask_img, binary, box, mask_blur)[..., None]
+        alpha = _feathered_alpha(binary, box, mask_blur)[..., None]
         orig_region = original[y0:y1, x0:x1].astype(np.float32)
         blend = alpha * np.asarray(generated, dtype=np.float32) + (1.0 - alpha) * orig_region
         blend = np.clip(np.rint(blend), 0, 255).astype(np.uint8)

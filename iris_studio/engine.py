@@ -7,7 +7,6 @@ flag that the preview callback checks after every core iteration, raising `Gener
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from iris.limits import PREVIEW_FRACTION
+
+from .speed import SpeedMemory
 
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
@@ -79,10 +80,7 @@ class Engine:
         self._flags_lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._background: set[threading.Event] = set()  # warm-up runs, stopped by any user run
-        # measured speed: seconds per core iteration, keyed by work size (megapixels x CFG batch), and the
-        # fixed cost of a run (text encoding, decoding)
-        self._speed: dict[float, float] = {}
-        self._overhead: float | None = None
+        self.speed = SpeedMemory()  # measured speed by work size, scaled by the machine's load now
 
     # ------------------------------------------------------------------------------------------ models
     def _build(self, spec: str, device: str) -> tuple[Any, str | None]:
@@ -124,7 +122,7 @@ class Engine:
         with self._run_lock:
             self._pipe, self.spec, self.device, self.notice = pipe, spec, device, notice
             self._info = self._describe(pipe)
-            self._speed, self._overhead = {}, None
+            self.speed.clear()
         return self._info
 
     def load_or_fallback(self, spec: str | None = None, device: str | None = None) -> ModelInfo:
@@ -265,10 +263,14 @@ class Engine:
                 self._background.add(flag)
         sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
         steps, iterations, expected = 0, 0, 0  # a grid's progress comes from its cells
+        pace = None  # the expected seconds per core iteration, for the ETA before a pace is seen
+        load = self.speed.load(fresh=True) if record or self.speed.known else 1.0
         if task != GRID:
             steps = int(kwargs.get("steps") or self.info.defaults["steps"])
             iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])
             expected = pipe.cost(steps, iterations, kwargs.get("guidance"), sampler).calls * iterations
+            if task != "upscale":
+                pace = self._expected_pace(kwargs, load)
         thread = threading.Thread(target=work, name=f"iris-{task}", daemon=True)
         start = time.perf_counter()
         thread.start()
@@ -297,7 +299,7 @@ class Engine:
                     if now - last_emit >= interval:
                         exact = sampler == "heun" and task != "upscale"  # heun repeats step numbers
                         yield self._preview_update(payload, count, expected if exact else 0, pending, now - start,
-                                                   first_at)
+                                                   first_at, pace)
                         pending = None
                         last_emit = now
                     continue
@@ -305,7 +307,8 @@ class Engine:
                 elapsed = time.perf_counter() - start
                 if kind == "done":
                     if record:
-                        self._record(payload, kwargs, steps, iterations, sampler)
+                        after = self.speed.load(fresh=True)
+                        self._record(payload, kwargs, steps, iterations, sampler, (load + after) / 2)
                     yield Update(
                         "done",
                         label="done",
@@ -336,18 +339,23 @@ class Engine:
                 self._background.discard(flag)
 
     def _preview_update(self, event: Any, count: int, expected: int, image: Any, elapsed: float,
-                        first_at: float = 0.0) -> Update:
+                        first_at: float = 0.0, expected_pace: float | None = None) -> Update:
         """A preview update; its ETA is the time per core iteration measured since the first one (the set-up
         before it, text encoding and the first call's warm-up, does not repeat) times the iterations left,
-        plus the decode still to come."""
+        plus the decode still to come. After the first iteration, when no pace is seen yet, it is the
+        remembered speed under the load measured at the start (`expected_pace`), or else an upper bound: all
+        the time so far, set-up included."""
         progress = count / expected if 0 < count <= expected else float(event.progress)
         progress = min(max(progress, 1e-6), 1.0)
         left = count * (1 - progress) / progress  # core iterations still to run
-        # after one iteration, all the time so far (set-up included) is the only pace known: an upper bound
-        pace = (elapsed - first_at) / (count - 1) if count >= 2 and elapsed > first_at else elapsed / max(count, 1)
+        if count >= 2 and elapsed > first_at:
+            pace = (elapsed - first_at) / (count - 1)
+        else:
+            pace = expected_pace if expected_pace is not None else elapsed / max(count, 1)
         eta = pace * left
-        if self._overhead is not None:
-            eta += self._overhead * 0.5
+        load = self.speed.last_load()
+        if self.speed.known and load is not None:
+            eta += self.speed.overhead(load) * 0.5
         return Update(
             "preview",
             label=event.label,
@@ -359,13 +367,26 @@ class Engine:
         )
 
     # ------------------------------------------------------------------------------------------- speed
+    def _expected_pace(self, kwargs: dict[str, Any], load: float) -> float | None:
+        """Remembered seconds per core iteration for a run's size and guidance; None when unknown (or when
+        the values are bad: the engine itself will say so)."""
+        try:
+            guidance = kwargs.get("guidance")
+            guidance = self.info.defaults["guidance"] if guidance is None else float(guidance)
+            width, height = kwargs.get("width"), kwargs.get("height")
+            units = self._units(int(width) if width else None, int(height) if height else None, guidance)
+            return self.speed.per_iteration(units, load) if units > 0 else None
+        except (TypeError, ValueError, OverflowError):
+            return None
+
     def _units(self, width: int | None, height: int | None, guidance: float) -> float:
         """Work per core pass: megapixels x the text branches the engine evaluates at this guidance."""
         res = self.info.resolution
         branches = self.pipe.cost(1, 1, guidance, "euler").nfe
         return ((width or res) * (height or res) / 1e6) * branches
 
-    def _record(self, result: Any, kwargs: dict[str, Any], steps: int, iterations: int, sampler: str) -> None:
+    def _record(self, result: Any, kwargs: dict[str, Any], steps: int, iterations: int, sampler: str,
+                load: float) -> None:
         t = getattr(result, "timings", {}) or {}
         sampling_s, total_s = t.get("sampling_s"), t.get("total_s")
         params = getattr(result, "params", {}) or {}
@@ -375,11 +396,7 @@ class Engine:
         units = self._units(params.get("width"), params.get("height"), guidance)
         per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
-        a = 0.5
-        key = round(units, 6)
-        old = self._speed.get(key)
-        self._speed[key] = per_iter if old is None else a * per_iter + (1 - a) * old
-        self._overhead = overhead if self._overhead is None else a * overhead + (1 - a) * self._overhead
+        self.speed.record(units, per_iter, overhead, load)
 
     def estimate(
         self,
@@ -390,17 +407,15 @@ class Engine:
         height: int | None = None,
         sampler: str | None = None,
     ) -> float | None:
-        """Estimated seconds for a run, from measured speed; None before the first measurement."""
-        if not self._speed:
+        """Estimated seconds for a run, from measured speed under the machine's load now (the last load
+        measured while a run is going); None before the first measurement."""
+        if not self.speed.known:
             return None
-        units = round(self._units(width, height, guidance), 6)
-        if units in self._speed:
-            per_iter = self._speed[units]
-        else:  # the nearest measured size, scaled in proportion to the work
-            near = min(self._speed, key=lambda k: abs(math.log(k / units)))
-            per_iter = self._speed[near] * units / near
+        load = self.speed.last_load() if self.busy else None
+        load = load if load is not None else self.speed.load()
+        per_iter = self.speed.per_iteration(self._units(width, height, guidance), load)
         calls = self.pipe.cost(steps, iterations, guidance, sampler).calls
-        return calls * iterations * per_iter + (self._overhead or 0.0)
+        return calls * iterations * per_iter + self.speed.overhead(load)
 
     def budget(
         self,

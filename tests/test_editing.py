@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -139,17 +140,40 @@ def test_bad_images_raise_invalid_input(nano_pipe, source):
 
 
 # --------------------------------------------------------------------------------------------- inpaint
-def test_inpaint_keeps_unmasked_pixels_exactly(nano_pipe):
+def test_inpaint_keeps_pixels_beyond_the_feather_exactly(nano_pipe):
     img = photo(seed=3)
     mask = rect_mask(128, 128, (40, 30, 100, 80))
     result = nano_pipe.inpaint(img, mask, "a rocket", mask_blur=6, seed=2, **FAST)
     out, src = arr(result.image), arr(img)
     assert result.image.size == img.size
-    assert np.array_equal(out[~mask], src[~mask])
+    far = ~editing.grow_mask(mask, editing.feather_reach(6))
+    assert far.sum() > 5000 and np.array_equal(out[far], src[far])
+    sharp = nano_pipe.inpaint(img, mask, "a rocket", mask_blur=0, seed=2, **FAST)
+    assert np.array_equal(arr(sharp.image)[~mask], src[~mask])  # no blur: the mask's edge exactly
     assert np.abs(out[mask] - src[mask]).mean() > 5  # the masked region was regenerated
     p = result.params
     assert p["task"] == "inpaint" and p["mask_blur"] == 6 and p["masked_only"] is False and p["padding"] == 32
     assert p["empty_mask"] is False and p["inpaint_adapter"] is False
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0, 4.0, 8.0, 20.0])
+def test_inpaint_feather_covers_the_mask_and_eases_out(blur):
+    mask = rect_mask(160, 120, (50, 40, 90, 80))
+    box = (0, 0, 160, 120)
+    a = editing._feathered_alpha(mask, box, blur)
+    assert a.shape == mask.shape and a.min() >= 0 and a.max() <= 1
+    assert np.all(a[mask] == 1.0)  # the whole painted region is replaced, rim included
+    reach = editing.feather_reach(blur)
+    assert np.all(a[~editing.grow_mask(mask, reach)] == 0.0)  # nothing beyond the reach changes
+    row = a[60, 90:]  # leaving the mask to the right: never rising again
+    assert np.all(np.diff(row) <= 1e-6)
+    if blur:
+        edge = 89 + math.ceil(blur)  # the mask grown by `blur` px ends here: the ramp's half-way point
+        assert 0.5 <= a[60, edge] < 0.99 and 0.01 < a[60, edge + 1] <= 0.5
+    else:
+        assert np.array_equal(a, mask.astype(np.float32))
+    crop = (30, 20, 110, 100)  # a masked-only crop: the same weights over the box
+    assert np.allclose(editing._feathered_alpha(mask, crop, blur), a[20:100, 30:110])
 
 
 def test_inpaint_known_region_is_replaced_every_step(nano_pipe):
@@ -166,7 +190,7 @@ def test_inpaint_known_region_is_replaced_every_step(nano_pipe):
 def test_inpaint_odd_size_and_resized_mask(nano_pipe):
     img = photo(100, 70, seed=5)
     small_mask = Image.fromarray((rect_mask(50, 35, (10, 5, 30, 20)) * 255).astype(np.uint8))
-    result = nano_pipe.inpaint(img, small_mask, "x", mask_blur=3, **FAST)
+    result = nano_pipe.inpaint(img, small_mask, "x", mask_blur=0, **FAST)
     assert result.image.size == (100, 70)
     big = np.asarray(small_mask.resize((100, 70), Image.Resampling.NEAREST)) > 127  # the documented resize
     out, src = arr(result.image), arr(img)
@@ -186,7 +210,8 @@ def test_inpaint_masked_only_crops_and_pastes_back(nano_pipe):
     result = nano_pipe.inpaint(img, mask, "x", masked_only=True, padding=16, mask_blur=2, seed=1, **FAST)
     out, src = arr(result.image), arr(img)
     assert result.image.size == (200, 150)
-    assert np.array_equal(out[~mask], src[~mask])
+    far = ~editing.grow_mask(mask, editing.feather_reach(2))
+    assert np.array_equal(out[far], src[far])
     assert np.abs(out[mask] - src[mask]).mean() > 1
     assert result.latents.shape[-2:] == (8, 8)  # a 62x62 crop worked at the native 128 px
     assert result.params["masked_only"] is True and result.params["padding"] == 16
@@ -216,7 +241,8 @@ def test_inpaint_adapter_is_used_and_zero_init_changes_nothing(nano_pipe):
     trained = with_adapters(nano_pipe, inpaint=perturb(build_adapter("inpaint", nano_pipe.config), 0.05, 1))
     other = trained.inpaint(img, mask, "x", seed=3, **FAST)
     out, src = arr(other.image), arr(img)
-    assert np.array_equal(out[~mask], src[~mask])
+    far = ~editing.grow_mask(mask, editing.feather_reach(4))  # the default mask_blur
+    assert np.array_equal(out[far], src[far])
     assert not np.array_equal(out, arr(plain.image))
 
 

@@ -298,19 +298,69 @@ def test_engine_streams_one_preview_per_core_iteration(engine):
 
 def test_eta_counts_the_pace_since_the_first_iteration(engine):
     """A run that spent 2 s setting up and then 0.1 s per core iteration: after 5 of 10 iterations the ETA is
-    the 5 left at 0.1 s (plus the decode to come), not 2.4 s extrapolated from the whole elapsed time."""
+    the 5 left at 0.1 s (plus half the remembered fixed cost, the decode to come), not 2.4 s extrapolated from
+    the whole elapsed time."""
     from types import SimpleNamespace
 
-    saved = engine._overhead
-    engine._overhead = 0.2
+    from iris_studio.speed import SpeedMemory
+
+    saved = engine.speed
+    engine.speed = SpeedMemory(probe=lambda: 1.0)
+    engine.speed.record(1.0, per_iteration=0.5, overhead=0.2, load=1.0)
+    engine.speed.load(fresh=True)
     try:
         event = SimpleNamespace(progress=0.5, label="step 1/2 · iteration 5/5")
         update = engine._preview_update(event, 5, 0, None, elapsed=2.4, first_at=2.0)
         assert update.eta == pytest.approx(5 * 0.1 + 0.1)
-        first = engine._preview_update(SimpleNamespace(progress=0.1, label="x"), 1, 0, None, 2.0, 2.0)
-        assert first.eta == pytest.approx(9 * 2.0 + 0.1)  # one iteration seen: an upper bound, never zero
+        first = SimpleNamespace(progress=0.1, label="x")
+        bound = engine._preview_update(first, 1, 0, None, 2.0, 2.0)
+        assert bound.eta == pytest.approx(9 * 2.0 + 0.1)  # no pace known: an upper bound, never zero
+        known = engine._preview_update(first, 1, 0, None, 2.0, 2.0, expected_pace=0.12)
+        assert known.eta == pytest.approx(9 * 0.12 + 0.1)  # the remembered pace, not the set-up's
     finally:
-        engine._overhead = saved
+        engine.speed = saved
+
+
+def test_estimates_follow_the_machine_load_both_ways(engine):
+    """A run measured under one load; when the probe says the machine got 3x slower (another program
+    started) the estimate triples at once, and when it is idle again it comes back, with no run between."""
+    from iris_studio.speed import SpeedMemory
+
+    saved = engine.speed
+    load = {"now": 0.002}
+    engine.speed = SpeedMemory(probe=lambda: load["now"])
+    try:
+        kwargs = {"prompt": "a cat", "steps": 2, "iterations": 3, "seed": 1, "guidance": 1.0, "width": 64,
+                  "height": 64}
+        assert list(engine.run("generate", kwargs, interval=0.0))[-1].kind == "done"
+        base = engine.estimate(2, 3, 1.0, 64, 64)
+        assert base is not None and base > 0
+        load["now"] = 0.006
+        engine.speed.load(fresh=True)
+        assert engine.estimate(2, 3, 1.0, 64, 64) == pytest.approx(3 * base)
+        load["now"] = 0.002
+        engine.speed.load(fresh=True)
+        assert engine.estimate(2, 3, 1.0, 64, 64) == pytest.approx(base)
+        bigger = engine.estimate(2, 3, 1.0, 128, 128)  # a size never run: the work's share of the measured one
+        assert bigger > base
+    finally:
+        engine.speed = saved
+
+
+def test_speed_memory_takes_the_newest_run_mostly():
+    from iris_studio.speed import SMOOTHING, SpeedMemory, matrix_probe
+
+    memory = SpeedMemory(probe=lambda: 1.0)
+    assert memory.per_iteration(1.0, 1.0) is None and memory.overhead(1.0) == 0.0
+    memory.record(1.0, per_iteration=0.10, overhead=0.5, load=1.0)
+    memory.record(1.0, per_iteration=0.20, overhead=0.5, load=2.0)  # the same speed per probe unit
+    assert memory.per_iteration(1.0, 1.0) == pytest.approx(0.10)
+    memory.record(1.0, per_iteration=0.40, overhead=0.5, load=1.0)  # really slower now
+    assert memory.per_iteration(1.0, 1.0) == pytest.approx(SMOOTHING * 0.40 + (1 - SMOOTHING) * 0.10)
+    assert memory.per_iteration(4.0, 1.0) == pytest.approx(4 * memory.per_iteration(1.0, 1.0))
+    memory.clear()
+    assert not memory.known
+    assert 0 < matrix_probe() < 1.0  # the real probe: a few milliseconds
 
 
 def test_engine_throttles_previews(engine):
