@@ -266,8 +266,9 @@ def inpaint(
     than `feather_reach(mask_blur)` px from the mask (all of them outside it at mask_blur 0) come back exactly
     unchanged.
 
-    masked_only: work on the mask's bounding box grown by `padding` px (at least the feather's reach), resized so its longer side is the
-    model's resolution, and paste it back (more detail for small masks in large images).
+    masked_only: work on the mask's bounding box grown by `padding` px (at least the feather's reach), resized
+    so its longer side is the model's resolution, and paste it back (more detail for small masks in large
+    images).
 
     A mask of another size than the image is resized to it (nearest). An empty mask returns the input
     unchanged (params["empty_mask"] = True, no sampling). A full mask is plain text-to-image at the image's
@@ -637,7 +638,49 @@ def control(
     return IrisResult(images, params, z, timings)
 
 
+# ---------------------------------------------------------------------------------------------- cost
+def task_work(pipe: IrisCore, task: str, width: int, height: int, steps: Any = None, iterations: Any = None,
+              guidance: Any = None, sampler: str | None = None, strength: Any = None, scale: Any = 2,
+              tile: Any = 512, masked_only: Any = False) -> list[tuple[int, int, int]]:
+    """The denoising runs a task makes on an input (or output, for generate and control) of width x height px,
+    as (core iterations, run width, run height) each, in px on the latent grid: what its time is made of.
+
+    edit and upscale at strength 0 run none (the VAE round trip, the pixel upscaler alone); inpaint with
+    masked_only works at the model's resolution; an upscale runs one SDEdit per tile of each 2x pass (two
+    passes for 4x). A strength of None is the task's default (above 0). Raises InvalidInputError for a bad
+    budget or option, like the task itself.
+    """
+    b = pipe.check_budget(steps, iterations, guidance, sampler)
+    per_run = pipe.cost(b.steps, b.iterations, b.guidance, b.sampler).calls * b.iterations
+    width, height = check_int("width", width, 1, MAX_UPSCALE_SIDE), check_int("height", height, 1, MAX_UPSCALE_SIDE)
+    if task in ("generate", "control"):
+        return [(per_run, *pipe.check_size(width, height))]
+    if task == "edit":
+        if strength is not None and check_float("strength", strength, 0.0, 1.0) <= 0.0:
+            return []
+        return [(per_run, *fit_grid(pipe, width, height))]
+    if task == "inpaint":
+        if _check_bool("masked_only", masked_only):
+            return [(per_run, pipe.config.resolution, pipe.config.resolution)]
+        return [(per_run, *fit_grid(pipe, width, height))]
+    if task == "upscale":
+        scale, tile = check_scale(scale), check_tile(pipe, tile)
+        if strength is not None and check_float("strength", strength, 0.0, 1.0) <= 0.0:
+            return []
+        f = pipe.latent_factor
+        overlap = max(f, tile // 8 // f * f) if tile else 0
+        runs = []
+        for i in range(1 if scale == 2 else 2):
+            hp, wp = math.ceil(2 * height * 2**i / f) * f, math.ceil(2 * width * 2**i / f) * f
+            th, tw = min(hp, tile or hp), min(wp, tile or wp)
+            tiles = len(tile_starts(hp, tile, overlap)) * len(tile_starts(wp, tile, overlap))
+            runs += [(per_run, tw, th)] * tiles
+        return runs
+    raise InvalidInputError(f"unknown task {task!r}; the tasks are generate, edit, inpaint, upscale, control")
+
+
 __all__ = [
     "edit", "inpaint", "upscale", "control", "sdedit", "sdedit_start", "match_low_res", "latent_mask",
     "tile_starts", "fit_grid", "native_grid", "control_kinds", "check_scale", "check_tile", "check_window",
+    "task_work", "feather_reach", "grow_mask",
 ]

@@ -56,6 +56,8 @@ IMAGE_INPUT_NAMES = {
     "control": ("control_image",),
 }
 MODEL_SOURCES = ("Bundled demo", "Bundled fast (distilled)", "Local folder", "Hub id", "Random weights")
+BUDGET_FIELDS = ("steps", "iterations", "guidance", "width", "height", "sampler", "strength", "scale", "tile",
+                 "masked_only")  # the controls a tab's budget line follows
 MODES = ("Quality", "⚡ Fast")  # the bundled demo model, or its distilled student
 
 
@@ -167,17 +169,23 @@ class Studio:
         width: Any = None,
         height: Any = None,
         sampler: Any = None,
-        output: tuple[int, int] | None = None,
+        task: str = "generate",
+        options: dict[str, Any] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> str:
-        """The budget line: NFE, depth, the size the run uses and its time estimate. `output`: a size the task
-        derives itself (an upscale's input times its scale), shown and estimated as it is."""
-        size, note = "", ""
-        if output is not None:
-            size = f" · **{output[0]} × {output[1]}** px"
-            width, height = output
-        elif width is not None or height is not None:  # tabs with a size: say what the run will really use
-            from iris.errors import InvalidInputError
+        """The budget line: NFE, depth, the size the run uses and its time estimate. `input_size`: the
+        image an image task works on (its output is that, times the scale for an upscale), unless a width
+        and height are typed; `options`: the task's own values that change its work (strength, scale, tile,
+        masked_only), as the controls hold them."""
+        from iris.errors import InvalidInputError
 
+        size, note = "", ""
+        options = self._work_options(options or {})
+        if input_size is not None and not (width or height):
+            factor = options.get("scale", 2) if task == "upscale" else 1
+            size = f" · **{input_size[0] * factor} × {input_size[1] * factor}** px"
+            width, height = input_size
+        elif width is not None or height is not None:  # tabs with a size: say what the run will really use
             try:
                 asked = [int(float(v or 0)) or None for v in (width, height)]
                 w, h = self.engine.pipe.check_size(*asked)
@@ -196,12 +204,28 @@ class Studio:
                 int(float(width or 0)) or None,
                 int(float(height or 0)) or None,
                 sampler or None,
+                task=task,
+                options=options,
             )
         except (TypeError, ValueError, OverflowError):
             return ""
         seconds = b["seconds"]
         est = f"≈ **{seconds:.1f} s**" if seconds is not None else "≈ ? s (measured after the first run)"
         return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers{size}{note} · {est}"
+
+    @staticmethod
+    def _work_options(values: dict[str, Any]) -> dict[str, Any]:
+        """The options that change a task's work, read from raw control values (half-typed ones left out)."""
+        kinds = {"strength": float, "scale": lambda v: int(float(v)), "tile": lambda v: int(float(v)),
+                 "masked_only": bool}
+        out = {}
+        for name, kind in kinds.items():
+            if values.get(name) is not None:
+                try:
+                    out[name] = kind(values[name])
+                except (TypeError, ValueError, OverflowError):
+                    pass
+        return out
 
     # ---------------------------------------------------------------------------------- task runs
     def task_kwargs(self, task: str, images: list[Any], c: dict[str, Any]) -> dict[str, Any]:
@@ -842,31 +866,12 @@ class Studio:
             tab.controls["prompt"].change(self.vocab_md, tab.controls["prompt"], tab.extra["vocab"], queue=False,
                                           trigger_mode="always_last", **PRIVATE)
             inputs = tab.inputs()
-            has_size = "width" in tab.controls
-            budget_inputs = [
-                tab.controls[k]
-                for k in ("steps", "iterations", "guidance", "width", "height", "sampler")
-                if k in tab.controls
-            ]
+            budget_names = [k for k in BUDGET_FIELDS if k in tab.controls]
             input_size = None
-            if tab.images:  # the run's size follows its input image (upscale: times the scale)
+            if tab.images:  # the run's size follows its input image
                 input_size = gr.State(None)
-                budget_inputs += [input_size] + ([tab.controls["scale"]] if task == "upscale" else [])
-
-            def budget_fn(steps, iterations, guidance, *rest, _size=has_size, _task=task):
-                w, h = (rest[0], rest[1]) if _size else (None, None)
-                sampler = rest[2] if _size else rest[0]
-                image = rest[3 if _size else 1] if len(rest) > (3 if _size else 1) else None
-                if isinstance(image, (list, tuple)) and len(image) == 2 and not (_size and (w or h)):
-                    if _task == "upscale":
-                        try:
-                            factor = int(float(rest[-1] or 2))
-                        except (TypeError, ValueError):
-                            factor = 2
-                        output = (image[0] * factor, image[1] * factor)
-                        return self.budget_md(steps, iterations, guidance, None, None, sampler, output=output)
-                    w, h = image
-                return self.budget_md(steps, iterations, guidance, w, h, sampler)
+            budget_inputs = [tab.controls[k] for k in budget_names] + ([input_size] if input_size else [])
+            budget_fn = self._budget_listener(task, (*budget_names, *(["input_size"] if input_size else [])))
 
             run_inputs = [*inputs, tab.extra["batch"]] if task == "generate" else inputs
             run_event = tab.run.click(
@@ -982,6 +987,18 @@ class Studio:
                         show_progress="hidden",
                         **PRIVATE,
                     )
+
+    def _budget_listener(self, task: str, names: tuple[str, ...]) -> Any:
+        """The budget line's listener for a tab: its values arrive in the order of `names`."""
+
+        def budget_fn(*values: Any) -> str:
+            v = dict(zip(names, values))
+            size = v.get("input_size")
+            size = tuple(size) if isinstance(size, (list, tuple)) and len(size) == 2 else None
+            return self.budget_md(v.get("steps"), v.get("iterations"), v.get("guidance"), v.get("width"),
+                                  v.get("height"), v.get("sampler"), task=task, options=v, input_size=size)
+
+        return budget_fn
 
     def _wire_gallery(self, g: dict[str, Any], tabs: Any) -> None:
         g["refresh"].click(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)

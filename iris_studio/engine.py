@@ -406,16 +406,24 @@ class Engine:
         width: int | None = None,
         height: int | None = None,
         sampler: str | None = None,
+        task: str = "generate",
+        options: dict[str, Any] | None = None,
     ) -> float | None:
-        """Estimated seconds for a run, from measured speed under the machine's load now (the last load
-        measured while a run is going); None before the first measurement."""
+        """Estimated seconds for a run of `task` on width x height px (its input's size; the output's for
+        generate and control), from measured speed under the machine's load now (the last load measured
+        while a run is going) and the denoising runs the task makes (`iris.editing.task_work`: an edit's
+        strength, an upscale's scale and tiles). None before the first measurement."""
+        from iris.editing import task_work
+
         if not self.speed.known:
             return None
         load = self.speed.last_load() if self.busy else None
         load = load if load is not None else self.speed.load()
-        per_iter = self.speed.per_iteration(self._units(width, height, guidance), load)
-        calls = self.pipe.cost(steps, iterations, guidance, sampler).calls
-        return calls * iterations * per_iter + self.speed.overhead(load)
+        res = self.info.resolution
+        runs = task_work(self.pipe, task, width or res, height or res, steps, iterations, guidance, sampler,
+                         **(options or {}))
+        core = sum(n * self.speed.per_iteration(self._units(w, h, guidance), load) for n, w, h in runs)
+        return core + self.speed.overhead(load) * max(1, len(runs))
 
     def budget(
         self,
@@ -425,11 +433,13 @@ class Engine:
         width: int | None = None,
         height: int | None = None,
         sampler: str | None = None,
+        task: str = "generate",
+        options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """NFE, effective depth and estimated time of a budget, as the engine counts them."""
         cost = self.pipe.cost(steps, iterations, guidance, sampler)
         return {
             "nfe": cost.nfe,
             "depth": cost.effective_depth,
-            "seconds": self.estimate(steps, iterations, guidance, width, height, sampler),
+            "seconds": self.estimate(steps, iterations, guidance, width, height, sampler, task, options),
         }

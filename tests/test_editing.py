@@ -371,3 +371,36 @@ def test_tile_starts_cover_with_overlap():
         starts = editing.tile_starts(length, tile, overlap)
         assert starts[0] == 0 and starts[-1] + tile == length
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+# ------------------------------------------------------------------------------------------------ cost
+@pytest.mark.parametrize("task, options", [
+    ("generate", {}), ("edit", dict(strength=0.5)), ("edit", dict(strength=0.0)), ("inpaint", {}),
+    ("inpaint", dict(masked_only=True)), ("upscale", dict(scale=2, tile=64, strength=0.3)),
+    ("upscale", dict(scale=4, tile=0, strength=0.3)), ("upscale", dict(scale=2, strength=0.0)), ("control", {}),
+])
+def test_task_work_counts_the_core_iterations_each_task_runs(nano_pipe, task, options):
+    """The cost model behind the studio's time estimate: as many core iterations as the task really reports,
+    one preview event each."""
+    budget = dict(steps=2, iterations=2, guidance=1.0)
+    img = photo(48, 32, seed=1)
+    events = []
+    kwargs = dict(**budget, **options, seed=1, on_preview=events.append, preview_fraction=None)
+    if task == "generate":
+        nano_pipe.generate("x", width=48, height=32, **kwargs)
+    elif task == "inpaint":
+        nano_pipe.inpaint(img, rect_mask(48, 32, (8, 8, 24, 24)), "x", **kwargs)
+    elif task == "control":
+        if "control_canny" in nano_pipe.adapters:
+            nano_pipe.control(img, "x", kind="canny", **kwargs)
+    else:
+        getattr(nano_pipe, task)(img, **({"prompt": "x"} if task == "edit" else {}), **kwargs)
+    runs = editing.task_work(nano_pipe, task, 48, 32, **budget, **options)
+    if task == "control" and "control_canny" not in nano_pipe.adapters:
+        assert runs == [(4, 48, 32)]  # the same run as generate at the control image's size
+        return
+    assert sum(n for n, _, _ in runs) == len(events)
+    if task == "upscale" and options.get("scale") == 4:
+        assert [(w, h) for _, w, h in runs] == [(96, 64), (192, 128)]  # 2x, then 2x again
+    with pytest.raises(InvalidInputError):
+        editing.task_work(nano_pipe, task, 48, 32, steps=0)

@@ -66,6 +66,42 @@ def test_batch_count_runs_consecutive_seeds_saves_each_and_shows_a_grid(studio):
             list(studio.run_batch(values, bad))
 
 
+def _seconds(line: str) -> float:
+    return float(line.split("≈ **")[1].split(" s**")[0])
+
+
+def test_the_time_estimate_counts_the_work_each_task_really_runs(studio):
+    """Upscale 4x is two passes (2x, then 2x again at 4 times the pixels), an edit or upscale at strength 0
+    runs no generator, and the budget listener reads its values by name, whatever the tab's controls."""
+    from iris_studio.speed import SpeedMemory
+
+    saved = studio.engine.speed
+    studio.engine.speed = SpeedMemory(probe=lambda: 1.0)
+    studio.engine.speed.record(studio.engine._units(64, 64, 1.0), per_iteration=1.0, overhead=0.5, load=1.0)
+    try:
+        up2 = _seconds(studio.budget_md(1, 2, 1.0, task="upscale", options={"scale": 2, "tile": 0},
+                                        input_size=(32, 32)))
+        up4 = _seconds(studio.budget_md(1, 2, 1.0, task="upscale", options={"scale": "4", "tile": 0},
+                                        input_size=(32, 32)))
+        assert up4 > 4 * up2  # 2 x 1 s + 2 x 4 s (+ fixed costs) against 2 x 1 s
+        assert "**128 × 128** px" in studio.budget_md(1, 2, 1.0, task="upscale", options={"scale": 4},
+                                                      input_size=(32, 32))
+        still = _seconds(studio.budget_md(1, 2, 1.0, task="upscale", options={"scale": 2, "strength": 0.0},
+                                          input_size=(32, 32)))
+        assert still < up2
+        edit = _seconds(studio.budget_md(4, 2, 1.0, task="edit", options={"strength": 0.5}, input_size=(64, 64)))
+        none = _seconds(studio.budget_md(4, 2, 1.0, task="edit", options={"strength": 0.0}, input_size=(64, 64)))
+        assert edit == pytest.approx(4 * 2 * 1.0 + 0.5) and none == pytest.approx(0.5)
+        for task, tab in studio.tabs.items():
+            names = [k for k in ("steps", "iterations", "guidance", "width", "height", "sampler", "strength",
+                                 "scale", "tile", "masked_only") if k in tab.controls]
+            listener = studio._budget_listener(task, (*names, "input_size"))
+            values = [tab.controls[k].value for k in names]
+            assert "NFE" in listener(*values, (64, 64)), task
+    finally:
+        studio.engine.speed = saved
+
+
 def test_the_budget_line_says_the_size_a_run_will_use(studio):
     f = studio.engine.pipe.latent_factor
     assert f"**{4 * f} × {2 * f}** px" in studio.budget_md(1, 1, 1.0, 4 * f, 2 * f, "euler")
