@@ -87,10 +87,12 @@ class IrisCore:
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: IrisConfig, seed: int = 0, source: str = "", half_text_weights: bool = False,
-                    ) -> IrisCore:
+                    empty: bool = False) -> IrisCore:
         """A pipeline with freshly initialised (random, seeded) weights.
 
         half_text_weights: hold a CLIP text encoder's weights in fp16, computing in fp32 (`ClipTextEncoder`).
+        empty: build on the meta device, with no weights at all, for `iris.hub.load_weights` to fill (a CLIP
+        text encoder, which may load from the hub instead, is still built for real).
         """
         from .models.adapters import build_adapter
 
@@ -102,13 +104,18 @@ class IrisCore:
         if n > limit:
             raise ModelLoadError(f"the model config asks for {n / 1e6:,.0f}M parameters, over the limit of "
                                  f"{limit / 1e6:,.0f}M (set IRIS_MAX_PARAMETERS to allow more)")
+        device = torch.device("meta") if empty else torch.device("cpu")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            generator = IrisGenerator(config.generator)
-            vae = WaveletVAE(config.vae)
-            text = build_text_encoder(config.text, half_weights=half_text_weights)
-            adapters = {name: build_adapter(name, config) for name in config.adapters}
-        return cls(config, generator, vae, text, adapters=adapters, source=source or f"random:{config.name}")
+            with device:
+                generator = IrisGenerator(config.generator)
+                vae = WaveletVAE(config.vae)
+                previewer = build_previewer(config.vae)
+                adapters = {name: build_adapter(name, config) for name in config.adapters}
+            with device if config.text.kind != "clip" else torch.device("cpu"):
+                text = build_text_encoder(config.text, half_weights=half_text_weights)
+        return cls(config, generator, vae, text, previewer, adapters=adapters,
+                   source=source or f"random:{config.name}")
 
     @classmethod
     def from_variant(cls, name: str, seed: int = 0) -> IrisCore:
@@ -135,7 +142,8 @@ class IrisCore:
         half_text = text_file.is_file() and stored_float_dtype(text_file) == torch.float16
         device = check_device(device)
         try:
-            pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text)
+            pipe = cls.from_config(config, source=str(path_or_hub_id or "demo"), half_text_weights=half_text,
+                                   empty=True)
         except ModelLoadError:
             raise
         except Exception as err:
@@ -152,6 +160,8 @@ class IrisCore:
                 raise ModelLoadError(f"{folder} has no text_encoder.safetensors for its built-in text encoder")
             if weights("preview.safetensors").is_file():
                 load_weights(pipe.previewer, weights("preview.safetensors"))
+            else:  # a model without a trained preview decoder: its kind's own initial weights
+                pipe.previewer = build_previewer(config.vae).eval()
             for name, adapter in pipe.adapters.items():
                 load_weights(adapter, weights(f"adapters/{name}.safetensors"))
         except ModelLoadError as err:

@@ -112,16 +112,21 @@ def hub_file(repo_id: str, filename: str, what: str) -> Path:
 
 
 def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
-    """Load a safetensors file into `module`, checking names and shapes; refuses pickle files."""
+    """Load a safetensors file into `module`, checking names, shapes, dtypes and values; refuses pickle files.
+
+    A module built on the meta device (`IrisCore.from_config(empty=True)`) gets new tensors, assigned in
+    place of its empty ones, and its derived buffers rebuilt (`init_derived`); a real one is copied into.
+    Either way the file is opened once per LOAD_BLOCK_BYTES read, a block of rows at a time, casting while
+    copying, so loading holds at most one block of the file mapped beside the model."""
     from safetensors import SafetensorError, safe_open
 
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelLoadError(f"refusing to load {path.name}: pickle-based weights can run code; use safetensors")
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} is missing")
+    own = module.state_dict(keep_vars=True)
     try:
         with safe_open(str(path), framework="pt") as f:
-            own = module.state_dict()
             keys = list(f.keys())
             present = set(keys)
             missing = [k for k in own if k not in present]
@@ -138,12 +143,24 @@ def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
                 stored = f.get_slice(key).get_dtype()
                 if key in own and own[key].is_floating_point() and stored not in _SAFETENSORS_FLOATS:
                     raise ModelLoadError(f"{path.name}: tensor {key} is stored as {stored}, not as floating point")
-        with torch.no_grad():
+        loaded = {}
+        with torch.no_grad(), _BlockReader(path) as reader:
             for key in keys:
                 if key in own:
-                    _copy_in_blocks(own[key], path, key)
+                    dest = own[key]
+                    if dest.is_meta:
+                        dest = torch.empty(dest.shape, dtype=dest.dtype)
+                    reader.copy(dest, key)
+                    loaded[key] = dest
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{path.name} is not a valid safetensors file: {err}") from err
+    if any(t.is_meta for t in own.values()):
+        if missing:
+            raise ModelLoadError(f"{path.name} does not hold {missing[0]}, and the model has no weights for it")
+        module.load_state_dict(loaded, strict=strict, assign=True)
+        for sub in module.modules():
+            if hasattr(sub, "init_derived"):
+                sub.init_derived()
 
 
 _SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -164,27 +181,52 @@ def stored_float_dtype(path: Path) -> torch.dtype | None:
     return None
 
 
-LOAD_BLOCK_ELEMENTS = 1 << 22  # 16 MB of fp32 per read
+LOAD_BLOCK_BYTES = 64 << 20  # of the file read per open: the pages it maps leave this process's RSS after
 
 
-def _copy_in_blocks(dest: torch.Tensor, path: Path, key: str) -> None:
-    """Copy tensor `key` of a safetensors file into `dest` (same shape, any float dtype), a block of rows at a
-    time, casting while copying. The file is memory-mapped only while a block is read, so the pages it
-    touches leave this process's RSS again: loading costs one block of extra memory, not a copy of the file."""
-    from safetensors import safe_open
+class _BlockReader:
+    """Copies tensors out of a safetensors file a block of rows at a time, reopening the file after every
+    LOAD_BLOCK_BYTES read, so the pages it touched leave this process's RSS again."""
 
-    if dest.dim() == 0:
-        with safe_open(str(path), framework="pt") as f:
-            dest.copy_(f.get_tensor(key))
-        if dest.is_floating_point() and not bool(torch.isfinite(dest)):
-            raise ModelLoadError(f"{path.name}: tensor {key} holds NaN or infinite values")
-        return
-    rows = dest.shape[0] if dest.numel() <= LOAD_BLOCK_ELEMENTS else max(1, LOAD_BLOCK_ELEMENTS // dest[0].numel())
-    for start in range(0, dest.shape[0], rows):
-        with safe_open(str(path), framework="pt") as f:
-            dest[start : start + rows].copy_(f.get_slice(key)[start : start + rows])
-        if dest.is_floating_point() and not bool(torch.isfinite(dest[start : start + rows]).all()):
-            raise ModelLoadError(f"{path.name}: tensor {key} holds NaN or infinite values")
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = None
+        self.read = 0
+
+    def __enter__(self) -> _BlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.file is not None:
+            self.file.__exit__(None, None, None)
+            self.file = None
+
+    def _open(self):
+        from safetensors import safe_open
+
+        if self.file is None or self.read >= LOAD_BLOCK_BYTES:
+            self._close()
+            self.file = safe_open(str(self.path), framework="pt").__enter__()
+            self.read = 0
+        return self.file
+
+    def copy(self, dest: torch.Tensor, key: str) -> None:
+        """Copy tensor `key` into `dest` (same shape, any float dtype); refuses NaN or infinite values."""
+        if dest.dim() == 0:
+            dest.copy_(self._open().get_tensor(key))
+            rows = [(0, None)]
+        else:
+            row_bytes = max(1, dest[0].numel() * dest.element_size())
+            step = max(1, LOAD_BLOCK_BYTES // row_bytes)
+            rows = [(start, start + step) for start in range(0, dest.shape[0], step)]
+            for start, stop in rows:
+                dest[start:stop].copy_(self._open().get_slice(key)[start:stop])
+                self.read += (min(stop, dest.shape[0]) - start) * row_bytes
+        if dest.is_floating_point() and not bool(torch.isfinite(dest).all()):
+            raise ModelLoadError(f"{self.path.name}: tensor {key} holds NaN or infinite values")
 
 
 def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

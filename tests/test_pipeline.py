@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -279,6 +280,46 @@ def test_save_and_load_round_trip_is_exact(nano_pipe, saved):
     b = loaded.generate("a green frog", seed=21, **FAST)
     assert np.array_equal(pixels(a.image), pixels(b.image))
     assert torch.equal(a.latents, b.latents)
+
+
+def test_loading_builds_nothing_random_and_reads_each_file_once(nano_pipe, saved, monkeypatch):
+    """from_pretrained builds on the meta device (no random initialisation to throw away), fills every
+    tensor from its file, rebuilds the buffers derived from the config, and opens each weights file once to
+    check it and once to read it (LOAD_BLOCK_BYTES is far above these files' sizes)."""
+    import safetensors
+
+    from iris import hub
+
+    opened: list[str] = []
+    real = safetensors.safe_open
+
+    def counting(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", counting)
+    init_on = []
+    real_init = torch.nn.init.kaiming_uniform_
+
+    def spy(tensor, *args, **kwargs):
+        init_on.append(tensor.device.type)
+        return real_init(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", spy)
+    loaded = IrisPipeline.from_pretrained(saved)
+    assert init_on and set(init_on) == {"meta"}  # no real tensor was randomly initialised, then thrown away
+    for part in ("generator", "vae", "text_encoder", "previewer"):
+        module = getattr(loaded, part)
+        assert not any(t.is_meta for t in [*module.parameters(), *module.buffers()]), part
+        assert _state_equal(module, getattr(nano_pipe, part)), part
+    for name, buf in nano_pipe.text_encoder.named_buffers():  # derived, not stored: rebuilt the same
+        assert torch.equal(dict(loaded.text_encoder.named_buffers())[name], buf), name
+    for name, buf in nano_pipe.generator.named_buffers():
+        assert torch.equal(dict(loaded.generator.named_buffers())[name], buf), name
+    files = [n for n in opened if n != "preview.safetensors"]
+    assert {n: files.count(n) for n in set(files)} == {"generator.safetensors": 2, "vae.safetensors": 2,
+                                                      "text_encoder.safetensors": 3}  # + its dtype check
+    assert hub.LOAD_BLOCK_BYTES > (saved / "generator.safetensors").stat().st_size
 
 
 def test_save_in_float16_loads_and_generates(nano_pipe, tmp_path):

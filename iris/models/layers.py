@@ -120,9 +120,16 @@ class ScaleShiftTable(nn.Module):
         for i in gate_index:
             table[i] = 0.0
         self.table = nn.Parameter(table)
-        ones = torch.zeros(n, 1)
-        ones[list(scale_index)] = 1.0
-        self.register_buffer("scale_ones", ones, persistent=False)
+        self.scale_index = tuple(scale_index)
+        self.register_buffer("scale_ones", torch.zeros(n, 1), persistent=False)
+        self.init_derived()
+
+    def init_derived(self) -> None:
+        """(Re)build the buffers derived from the config, not stored with the weights (after a meta-device
+        build, `iris.hub.load_weights` calls this)."""
+        ones = torch.zeros(self.n, 1, device=self.table.device)
+        ones[list(self.scale_index)] = 1.0
+        self.scale_ones = ones
 
     def forward(self, shared: torch.Tensor) -> list[torch.Tensor]:
         b = shared.shape[0]

@@ -100,11 +100,7 @@ class TinyTextEncoder(TextEncoder):
         super().__init__()
         self.config = cfg
         vocab = list(cfg.vocab) or list(range(49408))
-        # compact ids: 0 = pad, 1 = unknown, then the kept open_clip ids in order
-        lookup = torch.ones(49408, dtype=torch.long)
-        lookup[0] = 0
-        lookup[torch.tensor(vocab, dtype=torch.long)] = torch.arange(2, len(vocab) + 2)
-        self.register_buffer("lookup", lookup, persistent=False)
+        self.register_buffer("lookup", torch.ones(49408, dtype=torch.long), persistent=False)
         self.token_embedding = nn.Embedding(len(vocab) + 2, cfg.dim)
         self.position = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.01)
         layer = nn.TransformerEncoderLayer(
@@ -113,6 +109,16 @@ class TinyTextEncoder(TextEncoder):
         self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.init_derived()
+
+    def init_derived(self) -> None:
+        """(Re)build the token lookup from the config (compact ids: 0 = pad, 1 = unknown, then the kept
+        open_clip ids in order); not stored with the weights."""
+        vocab = list(self.config.vocab) or list(range(49408))
+        lookup = torch.ones(49408, dtype=torch.long, device=self.position.device)
+        lookup[0] = 0
+        lookup[torch.tensor(vocab, dtype=torch.long)] = torch.arange(2, len(vocab) + 2)
+        self.lookup = lookup
 
     def _is_known(self, token_id: int) -> bool:
         return bool(self.lookup[token_id] != 1)
