@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import VARIANTS
+from .options import add_arguments, option_values
 from .sampling import SAMPLERS
 
 
@@ -84,15 +85,15 @@ def _save(result, args: argparse.Namespace, task: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.generate(args.prompt, width=args.width, height=args.height, num_images=args.num_images,
-                           on_preview=_progress(args.quiet), **_common(args))
+    result = pipe.generate(args.prompt, num_images=args.num_images, on_preview=_progress(args.quiet),
+                           **option_values("generate", args), **_common(args))
     _save(result, args, "generate")
     return 0
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.edit(args.image, args.prompt, strength=args.strength, on_preview=_progress(args.quiet),
+    result = pipe.edit(args.image, args.prompt, on_preview=_progress(args.quiet), **option_values("edit", args),
                        **_common(args))
     _save(result, args, "edit")
     return 0
@@ -100,25 +101,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.inpaint(args.image, args.mask, args.prompt, mask_blur=args.mask_blur, masked_only=args.masked_only,
-                          padding=args.padding, on_preview=_progress(args.quiet), **_common(args))
+    result = pipe.inpaint(args.image, args.mask, args.prompt, on_preview=_progress(args.quiet),
+                          **option_values("inpaint", args), **_common(args))
     _save(result, args, "inpaint")
     return 0
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.upscale(args.image, scale=args.scale, prompt=args.prompt, strength=args.strength, tile=args.tile,
-                          on_preview=_progress(args.quiet), **_common(args))
+    result = pipe.upscale(args.image, prompt=args.prompt, on_preview=_progress(args.quiet),
+                          **option_values("upscale", args), **_common(args))
     _save(result, args, "upscale")
     return 0
 
 
 def cmd_control(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.control(args.image, args.prompt, kind=args.kind, weight=args.weight, start=args.start, end=args.end,
-                          preprocess=not args.no_preprocess, width=args.width, height=args.height,
-                          on_preview=_progress(args.quiet), **_common(args))
+    result = pipe.control(args.image, args.prompt, on_preview=_progress(args.quiet),
+                          **option_values("control", args), **_common(args))
     _save(result, args, "control")
     return 0
 
@@ -203,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="text to image")
     p.add_argument("prompt")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    add_arguments(p, "generate")
     p.add_argument("--num-images", "-n", type=int, default=1)
     _budget_args(p)
     p.set_defaults(func=cmd_generate)
@@ -212,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("edit", help="SDEdit: repaint an image towards a prompt")
     p.add_argument("image")
     p.add_argument("prompt")
-    p.add_argument("--strength", type=float, default=0.6, help="0 keeps the image, 1 ignores it")
+    add_arguments(p, "edit")
     _budget_args(p)
     p.set_defaults(func=cmd_edit)
 
@@ -220,32 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("mask")
     p.add_argument("prompt")
-    p.add_argument("--mask-blur", type=int, default=4)
-    p.add_argument("--masked-only", action="store_true", help="work on a crop around the mask at native size")
-    p.add_argument("--padding", type=int, default=32)
+    add_arguments(p, "inpaint")
     _budget_args(p)
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("upscale", help="wavelet super-resolution, 2x or 4x")
     p.add_argument("image")
-    p.add_argument("--scale", type=int, default=2, choices=[2, 4])
     p.add_argument("--prompt", default="")
-    p.add_argument("--strength", type=float, default=0.2,
-                   help="detail the generator adds on top of the learned upscaler (0: the upscaler alone, fastest)")
-    p.add_argument("--tile", type=int, default=512)
+    add_arguments(p, "upscale")
     _budget_args(p)
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("control", help="generate following a control image (edges, scribble, colours)")
     p.add_argument("image")
     p.add_argument("prompt")
-    p.add_argument("--kind", default="canny")
-    p.add_argument("--weight", type=float, default=1.0)
-    p.add_argument("--start", type=float, default=0.0)
-    p.add_argument("--end", type=float, default=1.0)
-    p.add_argument("--no-preprocess", action="store_true", help="the image already is a control map")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    add_arguments(p, "control")
     _budget_args(p)
     p.set_defaults(func=cmd_control)
 

@@ -33,25 +33,16 @@ from . import sampling
 from .budget import Budget, IrisResult, PreviewCallback, PreviewEvent
 from .core import IrisCore
 from .errors import InvalidInputError
-from .inputs import check_float, check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
-from .limits import MAX_MASK_BLUR, MAX_PADDING, MAX_SIDE, MAX_TILE, PREVIEW_FRACTION
+from .inputs import check_int, check_prompt, check_seed, open_image, open_mask, pil_to_tensor
+from .limits import MAX_SIDE, PREVIEW_FRACTION
 from .models.wavelet import dwt, idwt, with_ll_band
+from .options import ControlOptions, EditOptions, InpaintOptions, UpscaleOptions, check_option
 
 MAX_UPSCALE_PIXELS = 4096 * 4096  # output pixels of one upscale call
 MAX_UPSCALE_SIDE = 16384
-MAX_CONTROL_WEIGHT = 2.0
-UPSCALE_SCALES = (2, 4)
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def _check_bool(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise InvalidInputError(f"{name} must be true or false, got {value!r}")
-
-
 def _check_common(pipe: IrisCore, prompt: Any, negative_prompt: Any, steps: Any, iterations: Any,
                   guidance: Any, seed: Any, sampler: Any, shift: Any, exit_threshold: Any,
                   ) -> tuple[str, str, Budget, int]:
@@ -63,17 +54,14 @@ def _check_common(pipe: IrisCore, prompt: Any, negative_prompt: Any, steps: Any,
 
 def check_scale(value: Any) -> int:
     """The upscale factor: 2 or 4."""
-    scale = check_int("scale", value, 1, 16)
-    if scale not in UPSCALE_SCALES:
-        raise InvalidInputError(f"scale must be 2 or 4, got {scale}")
-    return scale
+    return check_option("upscale", "scale", value)
 
 
 def check_tile(pipe: IrisCore, value: Any) -> int:
     """Tile size in output px: 0 (or None) disables tiling, else >= 2 grid cells, rounded down to the grid."""
     if value is None:
         return 0
-    tile = check_int("tile", value, 0, MAX_TILE)
+    tile = check_option("upscale", "tile", value)
     f = pipe.latent_factor
     if tile == 0:
         return 0
@@ -84,8 +72,8 @@ def check_tile(pipe: IrisCore, value: Any) -> int:
 
 def check_window(start: Any, end: Any) -> tuple[float, float]:
     """The [start, end] fractions of the schedule during which control applies (0 <= start < end <= 1)."""
-    s = check_float("start", start, 0.0, 1.0)
-    e = check_float("end", end, 0.0, 1.0)
+    s = check_option("control", "start", start)
+    e = check_option("control", "end", end)
     if not s < e:
         raise InvalidInputError(f"start must be below end (fractions of the schedule), got {s:g} and {e:g}")
     return s, e
@@ -160,7 +148,7 @@ def edit(
     image: Any,
     prompt: str = "",
     negative_prompt: str = "",
-    strength: float = 0.6,
+    strength: float = EditOptions.strength,
     steps: int | None = None,
     iterations: int | None = None,
     guidance: float | None = None,
@@ -181,7 +169,7 @@ def edit(
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
                                                           guidance, seed, sampler, shift, exit_threshold)
-    strength = check_float("strength", strength, 0.0, 1.0)
+    strength = check_option("edit", "strength", strength)
     img = open_image(image)
     w, h = img.size
     gw, gh = fit_grid(pipe, w, h)
@@ -244,9 +232,9 @@ def inpaint(
     mask: Any,
     prompt: str = "",
     negative_prompt: str = "",
-    mask_blur: float = 4,
-    masked_only: bool = False,
-    padding: int = 32,
+    mask_blur: float = InpaintOptions.mask_blur,
+    masked_only: bool = InpaintOptions.masked_only,
+    padding: int = InpaintOptions.padding,
     steps: int | None = None,
     iterations: int | None = None,
     guidance: float | None = None,
@@ -277,9 +265,9 @@ def inpaint(
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
                                                           guidance, seed, sampler, shift, exit_threshold)
-    mask_blur = check_float("mask_blur", mask_blur, 0.0, MAX_MASK_BLUR)
-    masked_only = _check_bool("masked_only", masked_only)
-    padding = check_int("padding", padding, 0, MAX_PADDING)
+    mask_blur = check_option("inpaint", "mask_blur", mask_blur)
+    masked_only = check_option("inpaint", "masked_only", masked_only)
+    padding = check_option("inpaint", "padding", padding)
     img = open_image(image)
     W, H = img.size
     mask_img = open_mask(mask, (W, H))
@@ -496,11 +484,11 @@ def first_pass_2x(pipe: IrisCore, low: torch.Tensor, tile: int = 256) -> torch.T
 def upscale(
     pipe: IrisCore,
     image: Any,
-    scale: int = 2,
+    scale: int = UpscaleOptions.scale,
     prompt: str = "",
     negative_prompt: str = "",
-    strength: float = 0.2,
-    tile: int | None = 512,
+    strength: float = UpscaleOptions.strength,
+    tile: int | None = UpscaleOptions.tile,
     steps: int | None = None,
     iterations: int | None = None,
     guidance: float | None = None,
@@ -527,7 +515,7 @@ def upscale(
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
                                                           guidance, seed, sampler, shift, exit_threshold)
     scale = check_scale(scale)
-    strength = check_float("strength", strength, 0.0, 1.0)
+    strength = check_option("upscale", "strength", strength)
     tile = check_tile(pipe, tile)
     f = pipe.latent_factor
     overlap = max(f, tile // 8 // f * f) if tile else 0
@@ -565,11 +553,11 @@ def control(
     control_image: Any,
     prompt: str = "",
     negative_prompt: str = "",
-    kind: str = "canny",
-    weight: float = 1.0,
-    start: float = 0.0,
-    end: float = 1.0,
-    preprocess: bool = True,
+    kind: str = ControlOptions.kind,
+    weight: float = ControlOptions.weight,
+    start: float = ControlOptions.start,
+    end: float = ControlOptions.end,
+    preprocess: bool = ControlOptions.preprocess,
     width: int | None = None,
     height: int | None = None,
     steps: int | None = None,
@@ -601,9 +589,9 @@ def control(
         have = control_kinds(pipe)
         raise InvalidInputError(f"this model has no control adapter for {kind!r}; it has "
                                 + (", ".join(have) if have else "no control adapters"))
-    weight = check_float("weight", weight, 0.0, MAX_CONTROL_WEIGHT)
+    weight = check_option("control", "weight", weight)
     start, end = check_window(start, end)
-    preprocess = _check_bool("preprocess", preprocess)
+    preprocess = check_option("control", "preprocess", preprocess)
     source = open_image(control_image)
     if width is None and height is None:
         width, height = native_grid(pipe, *source.size)
@@ -656,16 +644,16 @@ def task_work(pipe: IrisCore, task: str, width: int, height: int, steps: Any = N
     if task in ("generate", "control"):
         return [(per_run, *pipe.check_size(width, height))]
     if task == "edit":
-        if strength is not None and check_float("strength", strength, 0.0, 1.0) <= 0.0:
+        if strength is not None and check_option("edit", "strength", strength) <= 0.0:
             return []
         return [(per_run, *fit_grid(pipe, width, height))]
     if task == "inpaint":
-        if _check_bool("masked_only", masked_only):
+        if check_option("inpaint", "masked_only", masked_only):
             return [(per_run, pipe.config.resolution, pipe.config.resolution)]
         return [(per_run, *fit_grid(pipe, width, height))]
     if task == "upscale":
         scale, tile = check_scale(scale), check_tile(pipe, tile)
-        if strength is not None and check_float("strength", strength, 0.0, 1.0) <= 0.0:
+        if strength is not None and check_option("upscale", "strength", strength) <= 0.0:
             return []
         f = pipe.latent_factor
         overlap = max(f, tile // 8 // f * f) if tile else 0
