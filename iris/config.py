@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import limits
+
 MAX_CONFIG_BYTES = 1 << 20  # a model config.json is a few KB
 
 SCAN_METHODS = ("cumsum", "blocked", "matrix")  # see iris.models.scan
@@ -80,7 +82,7 @@ class GeneratorConfig:
     # Coda
     window: int = 8
     # recurrence
-    max_iterations: int = 64
+    max_iterations: int = limits.MAX_ITERATIONS
     state_init_std: float = 1.0
     train_iterations: tuple[int, int] = (4, 12)  # inclusive range sampled per batch in training
     backprop_iterations: int = 2  # truncated backprop through the last k iterations

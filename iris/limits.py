@@ -4,6 +4,7 @@ offers. A model's own `max_iterations` bounds its core iterations on top of thes
 from __future__ import annotations
 
 MAX_STEPS = 200  # sampler steps
+MAX_ITERATIONS = 64  # core iterations per step, a model config's default max_iterations
 MAX_GUIDANCE = 30.0  # classifier-free guidance scale (0: the negative prompt alone, 1: the prompt alone)
 MAX_SIDE = 2048  # pixels, width or height of an output
 MAX_IMAGES = 16  # images per call

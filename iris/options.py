@@ -103,7 +103,7 @@ class ControlOptions:
                           label="Start")
     end: float = option(1.0, 0.0, 1.0, "fraction of the schedule where the control ends", step=0.05, label="End")
     preprocess: bool = option(True, help="turn the image into the kind's map first (--no-preprocess: the image "
-                              "already is a map)", label="Preprocess")
+                              "already is a map)", label="Preprocess (off: the image already is a map)")
     width: int | None = option(None, 0, limits.MAX_SIDE, "output width in px (default: the control image's shape)")
     height: int | None = option(None, 0, limits.MAX_SIDE, "output height in px (default: the control image's shape)")
 

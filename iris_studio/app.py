@@ -21,6 +21,7 @@ from PIL import Image
 from iris import limits
 from iris.errors import InvalidInputError
 from iris.inputs import check_int, check_seed
+from iris.options import TASK_OPTIONS
 
 from . import metadata
 from .engine import FAST, GRID, TASKS, Engine, is_variant
@@ -107,6 +108,32 @@ def _named(fn: Any, names: list[str], defaults: dict[str, Any] | None = None) ->
             params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD))
     fn.__signature__ = inspect.Signature(params)
     return fn
+
+
+def task_images(task: str, images: list[Any]) -> dict[str, Any]:
+    """The engine's image arguments from a tab's image components; gr.Error when one is missing."""
+    if task == "generate":
+        return {}
+    if task == "inpaint":
+        editor, upload = images
+        image = editor_image(editor)
+        if image is None:
+            raise gr.Error("Upload an image to inpaint first.", print_exception=False)
+        mask = binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
+        if mask is None or mask.getextrema()[1] == 0:
+            raise gr.Error("Paint the area to change on the image first (or upload a mask).", print_exception=False)
+        return {"image": image, "mask": mask}
+    if task == "control":
+        image = editor_composite(images[0])
+        if image is None or is_blank(image):
+            raise gr.Error("The control image is empty: upload an image or draw a scribble first.",
+                           print_exception=False)
+        return {"control_image": image}
+    from iris.inputs import open_image
+
+    if images[0] is None:
+        raise gr.Error(f"Upload an image to {task} first.", print_exception=False)
+    return {"image": open_image(images[0])}
 
 
 class Studio:
@@ -229,7 +256,8 @@ class Studio:
 
     # ---------------------------------------------------------------------------------- task runs
     def task_kwargs(self, task: str, images: list[Any], c: dict[str, Any]) -> dict[str, Any]:
-        """Engine keyword arguments from the tab's values; raises gr.Error for missing inputs."""
+        """Engine keyword arguments from the tab's values (its task options as `iris.options` lists them, the
+        engine checks them); raises gr.Error for missing inputs."""
         seed = c.get("seed")
         seed = random.randint(0, limits.RANDOM_SEED_MAX) if seed is None or seed == "" or float(seed) < 0 else int(seed)
         common = {
@@ -241,56 +269,11 @@ class Studio:
             "iterations": c.get("iterations"),
             "sampler": c.get("sampler") or None,
         }
-        size = {"width": int(c.get("width") or 0) or None, "height": int(c.get("height") or 0) or None}
-        if task == "generate":
-            return {**common, **size}
-        if task == "inpaint":
-            editor, upload = images
-            image = editor_image(editor)
-            if image is None:
-                raise gr.Error("Upload an image to inpaint first.", print_exception=False)
-            mask = binarize(upload, image.size) if upload is not None else editor_mask(editor, image.size)
-            if mask is None or mask.getextrema()[1] == 0:
-                raise gr.Error("Paint the area to change on the image first (or upload a mask).", print_exception=False)
-            return {
-                **common,
-                "image": image,
-                "mask": mask,
-                "mask_blur": int(c.get("mask_blur") or 0),
-                "masked_only": bool(c.get("masked_only")),
-                "padding": int(c.get("padding") or 0),
-            }
-        if task in ("edit", "upscale"):
-            from iris.inputs import open_image
-
-            if images[0] is None:
-                raise gr.Error(f"Upload an image to {task} first.", print_exception=False)
-            image = open_image(images[0])
-            if task == "edit":
-                return {**common, "image": image, "strength": float(c.get("strength"))}
-            return {
-                **common,
-                "image": image,
-                "scale": int(c.get("scale") or 2),
-                "strength": float(c.get("strength")),
-                "tile": int(c.get("tile") or 512),
-            }
-        if task == "control":
-            image = editor_composite(images[0])
-            if image is None or is_blank(image):
-                raise gr.Error("The control image is empty: upload an image or draw a scribble first.",
-                               print_exception=False)
-            return {
-                **common,
-                **size,
-                "control_image": image,
-                "kind": c.get("kind"),
-                "weight": float(c.get("weight")),
-                "start": float(c.get("start")),
-                "end": float(c.get("end")),
-                "preprocess": bool(c.get("preprocess")),
-            }
-        raise gr.Error(f"unknown task {task}", print_exception=False)
+        options = {o.name: c.get(o.name) for o in TASK_OPTIONS[task]}
+        for side in ("width", "height"):  # 0: the model's size (or the control image's)
+            if side in options:
+                options[side] = int(options[side] or 0) or None
+        return {**common, **options, **task_images(task, images)}
 
     def run_task(self, task: str, values: tuple[Any, ...], seed_fallback: int | None = None, save: bool = True,
                  label: str = ""):

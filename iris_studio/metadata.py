@@ -13,32 +13,26 @@ from typing import Any
 
 from iris import limits
 from iris.inputs import is_text
+from iris.options import TASK_OPTIONS
 
 SKIP = object()  # "leave this control as it is"
 
 # The controls every task tab has, in the order handlers take them.
 COMMON = ("prompt", "negative_prompt", "seed", "guidance", "steps", "iterations", "sampler")
-# Task-specific controls (besides images), in order.
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "generate": ("width", "height"),
-    "inpaint": ("mask_blur", "masked_only", "padding"),
-    "edit": ("strength",),
-    "upscale": ("scale", "strength", "tile"),
-    "control": ("kind", "weight", "start", "end", "preprocess", "width", "height"),
-}
+# Task-specific controls (besides images), in order: the task's options (iris.options).
+EXTRAS: dict[str, tuple[str, ...]] = {task: tuple(o.name for o in opts) for task, opts in TASK_OPTIONS.items()}
 
-_INT = {"seed", "steps", "iterations", "width", "height", "mask_blur", "padding", "scale", "tile"}
-_FLOAT = {"guidance", "strength", "weight", "start", "end"}
+_OPTIONS = {o.name: o for opts in TASK_OPTIONS.values() for o in opts}  # a name means the same in every task
+_INT = {"seed", "steps", "iterations"} | {n for n, o in _OPTIONS.items() if o.kind is int}
+_FLOAT = {"guidance"} | {n for n, o in _OPTIONS.items() if o.kind is float}
+_BOOL = {n for n, o in _OPTIONS.items() if o.kind is bool}
+_TEXT = {"prompt", "negative_prompt", "sampler"} | {n for n, o in _OPTIONS.items() if o.kind is str}
 # the engine's limits: a value outside them (a seed of 1e20, NaN) is not restored
 _RANGE: dict[str, tuple[float, float]] = {
-    "seed": (0, limits.MAX_SEED), "steps": (1, limits.MAX_STEPS), "iterations": (1, 64),
-    "width": (0, limits.MAX_SIDE), "height": (0, limits.MAX_SIDE), "mask_blur": (0, limits.MAX_MASK_BLUR),
-    "padding": (0, limits.MAX_PADDING), "scale": (2, 4), "tile": (0, limits.MAX_TILE),
-    "guidance": (0.0, limits.MAX_GUIDANCE), "strength": (0.0, 1.0), "weight": (0.0, 2.0), "start": (0.0, 1.0),
-    "end": (0.0, 1.0),
+    "seed": (0, limits.MAX_SEED), "steps": (1, limits.MAX_STEPS), "iterations": (1, limits.MAX_ITERATIONS),
+    "guidance": (0.0, limits.MAX_GUIDANCE),
+    **{n: (o.low, o.high) for n, o in _OPTIONS.items() if o.low is not None and o.high is not None},
 }
-_BOOL = {"masked_only", "preprocess"}
-_TEXT = {"prompt", "negative_prompt", "sampler", "kind"}
 
 
 def fields(task: str) -> tuple[str, ...]:

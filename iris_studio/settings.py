@@ -18,6 +18,7 @@ from typing import Any
 
 from iris import limits
 from iris.inputs import is_text
+from iris.options import EditOptions, InpaintOptions, UpscaleOptions, task_option
 
 APP_NAME = "iris-studio"
 FILE_NAME = "settings.json"
@@ -43,10 +44,10 @@ class Settings:
     preview_interval_ms: int = 80
     preview_cost: float = limits.PREVIEW_FRACTION  # 0: a preview after every core iteration, whatever it costs
     # task extras
-    edit_strength: float = 0.6
-    upscale_strength: float = 0.2
-    mask_blur: int = 4
-    padding: int = 32
+    edit_strength: float = EditOptions.strength
+    upscale_strength: float = UpscaleOptions.strength
+    mask_blur: int = int(InpaintOptions.mask_blur)
+    padding: int = InpaintOptions.padding
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,16 +80,15 @@ def settings_path() -> Path:
 
 _LIMITS: dict[str, tuple[float, float]] = {  # the engine's limits (iris.limits); a model may allow fewer iterations
     "steps": (1, limits.MAX_STEPS),
-    "iterations": (1, 64),
+    "iterations": (1, limits.MAX_ITERATIONS),
     "guidance": (0.0, limits.MAX_GUIDANCE),
     "width": (0, limits.MAX_SIDE),
     "height": (0, limits.MAX_SIDE),
     "preview_interval_ms": (0, 5000),
     "preview_cost": (0.0, 1.0),
-    "edit_strength": (0.0, 1.0),
-    "upscale_strength": (0.0, 1.0),
-    "mask_blur": (0, limits.MAX_MASK_BLUR),
-    "padding": (0, limits.MAX_PADDING),
+    **{f"{task}_{name}" if name == "strength" else name: (task_option(task, name).low, task_option(task, name).high)
+       for task, name in (("edit", "strength"), ("upscale", "strength"), ("inpaint", "mask_blur"),
+                          ("inpaint", "padding"))},
 }
 DEVICE_FORM = re.compile(r"(cpu|mps|cuda(:\d{1,2})?)")
 

@@ -18,6 +18,7 @@ from iris import SAMPLERS, limits
 from iris.control import CONTROL_KINDS
 from iris.grid import DEFAULT_ITERATIONS as DEFAULT_GRID_ITERATIONS
 from iris.grid import DEFAULT_STEPS as DEFAULT_GRID_STEPS
+from iris.options import Option, task_option
 
 from .metadata import fields
 
@@ -178,6 +179,32 @@ def blank_canvas(size: int = 512) -> dict[str, Any]:
     return {"background": Image.new("RGB", (size, size), "white"), "layers": [], "composite": None}
 
 
+# Each tab's task options (iris.options), row by row; the size controls sit with the seed.
+OPTION_ROWS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "inpaint": (("mask_blur", "padding"), ("masked_only",)),
+    "edit": (("strength",),),
+    "upscale": (("scale", "strength"), ("tile",)),
+    "control": (("kind", "preprocess"), ("weight", "start", "end")),
+}
+SETTING_FOR = {("edit", "strength"): "edit_strength", ("upscale", "strength"): "upscale_strength",
+               ("inpaint", "mask_blur"): "mask_blur", ("inpaint", "padding"): "padding"}  # saved defaults
+
+
+def option_control(opt: Option, value: Any, choices: list[Any] | None = None) -> Any:
+    """The control for a task option: a checkbox, a radio of its choices, a dropdown of `choices` (for a text
+    option), or a slider over its range."""
+    label = opt.label or opt.name.replace("_", " ").capitalize()
+    if opt.kind is bool:
+        return gr.Checkbox(value=bool(value), label=label)
+    if opt.choices is not None:
+        return gr.Radio(list(opt.choices), value=value, label=label)
+    if opt.kind is str:
+        choices = list(choices or [value])
+        return gr.Dropdown(choices, value=value if value in choices else choices[0], label=label)
+    lo, hi = opt.ui_range or (opt.low, opt.high)
+    return gr.Slider(lo, hi, value=value, step=opt.step or 1, label=label)
+
+
 def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = CONTROL_KINDS) -> TaskTab:
     """Build the controls and outputs of one task tab inside the current gr.Tab."""
     images: list[Any] = []
@@ -261,33 +288,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
             )
 
             # ---------------------------------------------------------------- task controls
-            if task == "inpaint":
-                with gr.Row():
-                    controls["mask_blur"] = gr.Slider(
-                        0, limits.MAX_MASK_BLUR, value=settings.mask_blur, step=1, label="Mask blur"
-                    )
-                    controls["padding"] = gr.Slider(
-                        0, limits.MAX_PADDING, value=settings.padding, step=8, label="Padding (masked only)"
-                    )
-                controls["masked_only"] = gr.Checkbox(value=False, label="Masked area only (crop around the mask)")
-            elif task == "edit":
-                controls["strength"] = gr.Slider(
-                    0.05,
-                    1.0,
-                    value=settings.edit_strength,
-                    step=0.05,
-                    label="Strength (0 keeps the image, 1 ignores it)",
-                )
-            elif task == "upscale":
-                with gr.Row():
-                    controls["scale"] = gr.Radio([2, 4], value=2, label="Scale", scale=1)
-                    controls["strength"] = gr.Slider(
-                        0.0, 1.0, value=settings.upscale_strength, step=0.05,
-                        label="Generated detail (0: the upscaler alone)", scale=2,
-                    )
-                controls["tile"] = gr.Slider(128, 1024, value=512, step=64, label="Tile size")
-            elif task == "control":
-                kinds = list(info.control_kinds) or list(control_kinds)
+            if task == "control":
                 extra["control_note"] = gr.Markdown(
                     ""
                     if info.control_kinds
@@ -295,15 +296,14 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     "trained with them (the preprocessor preview still works).",
                     elem_id="control-note",
                 )
+            kinds = list(info.control_kinds) or list(control_kinds)
+            for row in OPTION_ROWS.get(task, ()):
                 with gr.Row():
-                    controls["kind"] = gr.Dropdown(kinds, value=kinds[0], label="Kind", scale=2)
-                    controls["preprocess"] = gr.Checkbox(
-                        value=True, label="Preprocess", scale=1, info="off: the image already is a map"
-                    )
-                with gr.Row():
-                    controls["weight"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight")
-                    controls["start"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Start")
-                    controls["end"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
+                    for name in row:
+                        opt = task_option(task, name)
+                        value = getattr(settings, SETTING_FOR[(task, name)]) if (task, name) in SETTING_FOR \
+                            else opt.default
+                        controls[name] = option_control(opt, value, kinds if name == "kind" else None)
 
             # ---------------------------------------------------------------- seed, size, guidance
             if task == "generate":
