@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from iris import IrisPipeline, InvalidInputError
+from iris import InvalidInputError, IrisPipeline
 from iris.cli import build_parser
 from iris.options import TASK_OPTIONS, check_option, task_option
 
@@ -59,7 +59,7 @@ def test_the_studio_controls_follow_the_options():
     for (task, name), field in SETTING_FOR.items():
         assert getattr(settings, field) == task_option(task, name).default, field
     with gr.Blocks():
-        for task, opts in TASK_OPTIONS.items():
+        for opts in TASK_OPTIONS.values():
             for opt in opts:
                 control = option_control(opt, opt.default, ["canny"] if opt.name == "kind" else None)
                 if isinstance(control, gr.Slider):
