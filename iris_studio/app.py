@@ -21,7 +21,7 @@ from PIL import Image
 from iris import limits
 from iris.errors import InvalidInputError
 from iris.inputs import check_int, check_seed
-from iris.options import TASK_OPTIONS
+from iris.options import TASK_OPTIONS, task_option
 
 from . import metadata
 from .engine import FAST, GRID, TASKS, Engine, is_variant
@@ -34,6 +34,8 @@ from .tabs import (
     DARK_JS,
     HEAD,
     IMAGE_TARGETS,
+    MAX_UI_ITERATIONS,
+    SETTING_FOR,
     TASK_TITLES,
     TaskTab,
     blank_canvas,
@@ -794,24 +796,25 @@ class Studio:
                 gr.Markdown("### Defaults")
                 s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
                 with gr.Row():
-                    s["steps"] = gr.Slider(1, 50, value=st.steps, step=1, label="Steps")
-                    s["iterations"] = gr.Slider(1, 16, value=min(st.iterations, 16), step=1, label="Core iterations")
+                    s["steps"] = gr.Slider(1, limits.MAX_STEPS, value=st.steps, step=1, label="Steps")
+                    s["iterations"] = gr.Slider(1, MAX_UI_ITERATIONS, value=min(st.iterations, MAX_UI_ITERATIONS),
+                                                step=1, label="Core iterations")
                 with gr.Row():
-                    s["guidance"] = gr.Slider(0.0, 15.0, value=st.guidance, step=0.5, label="Guidance")
+                    s["guidance"] = gr.Slider(0.0, limits.MAX_GUIDANCE, value=st.guidance, step=0.5, label="Guidance")
                     s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
                 with gr.Row():
-                    s["width"] = gr.Slider(0, 1024, value=st.width, step=info.latent_factor, label="Width (0 = model)")
-                    s["height"] = gr.Slider(
-                        0, 1024, value=st.height, step=info.latent_factor, label="Height (0 = model)"
-                    )
-                with gr.Row():
-                    s["edit_strength"] = gr.Slider(0.05, 1.0, value=st.edit_strength, step=0.05, label="Edit strength")
-                    s["upscale_strength"] = gr.Slider(
-                        0.0, 1.0, value=st.upscale_strength, step=0.05, label="Upscale strength"
-                    )
-                with gr.Row():
-                    s["mask_blur"] = gr.Slider(0, limits.MAX_MASK_BLUR, value=st.mask_blur, step=1, label="Mask blur")
-                    s["padding"] = gr.Slider(0, limits.MAX_PADDING, value=st.padding, step=8, label="Inpaint padding")
+                    s["width"] = gr.Slider(0, limits.MAX_SIDE, value=st.width, step=info.latent_factor,
+                                           label="Width (0 = model)")
+                    s["height"] = gr.Slider(0, limits.MAX_SIDE, value=st.height, step=info.latent_factor,
+                                            label="Height (0 = model)")
+                for row in (tuple(SETTING_FOR)[:2], tuple(SETTING_FOR)[2:]):
+                    with gr.Row():  # the task options' saved defaults, with the options' own ranges
+                        for task, name in row:
+                            key = SETTING_FOR[(task, name)]
+                            opt = task_option(task, name)
+                            label = f"{TASK_TITLES[task]}: {name.replace('_', ' ')}"
+                            s[key] = gr.Slider(*(opt.ui_range or (opt.low, opt.high)), value=getattr(st, key),
+                                               step=opt.step or 1, label=label)
                 with gr.Row():
                     s["preview_interval_ms"] = gr.Slider(
                         0, 1000, value=st.preview_interval_ms, step=10, label="Min. ms between previews"
