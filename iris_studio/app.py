@@ -21,35 +21,29 @@ from PIL import Image
 from iris import limits
 from iris.errors import InvalidInputError
 from iris.inputs import check_int, check_seed
-from iris.options import TASK_OPTIONS, task_option
+from iris.options import TASK_OPTIONS
 
 from . import metadata
-from .engine import FAST, GRID, TASKS, Engine, is_variant
+from .engine import FAST, GRID, TASKS, Engine
 from .gallery import Gallery
 from .masks import binarize, editor_composite, editor_image, editor_mask, is_blank
 from .settings import THEMES, Settings, save_settings, settings_path
 from .tabs import (
-    COPY_JS,
     CSS,
     DARK_JS,
     HEAD,
-    IMAGE_TARGETS,
-    MAX_UI_ITERATIONS,
-    SETTING_FOR,
     TASK_TITLES,
     TaskTab,
-    blank_canvas,
+    gallery_tab,
     readable_inputs,
     readable_payloads,
+    settings_tab,
     status_html,
     task_tab,
 )
+from .wiring import GRADIO_6, PRIVATE, RUN_GROUP, wire_gallery, wire_settings, wire_tasks
 
 log = logging.getLogger("iris_studio")
-
-GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
-PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
-RUN_GROUP = "iris-run"  # every generation shares one concurrency slot
 QUEUE_SIZE = 64  # runs waiting at most: 20 clients with two jobs each fit, with room to spare
 IMAGE_INPUT_NAMES = {
     "generate": (),
@@ -58,9 +52,6 @@ IMAGE_INPUT_NAMES = {
     "upscale": ("image",),
     "control": ("control_image",),
 }
-MODEL_SOURCES = ("Bundled demo", "Bundled fast (distilled)", "Local folder", "Hub id", "Random weights")
-BUDGET_FIELDS = ("steps", "iterations", "guidance", "width", "height", "sampler", "strength", "scale", "tile",
-                 "masked_only")  # the controls a tab's budget line follows
 MODES = ("Quality", "⚡ Fast")  # the bundled demo model, or its distilled student
 
 
@@ -685,18 +676,18 @@ class Studio:
                     with gr.Tab(TASK_TITLES[task], id=task, elem_id=f"tab-{task}"):
                         self.tabs[task] = task_tab(task, self.settings, info, control_kinds())
                 with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery"):
-                    g = self._gallery_tab()
+                    g = gallery_tab(*self.gallery_items(), self.gallery.folder)
                 with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
-                    s = self._settings_tab(info)
-            self._wire_tasks(demo, tabs, g)
-            self._wire_gallery(g, tabs)
-            self._wire_settings(s, header, notice)
+                    s = settings_tab(self.settings, info, self.engine.spec, self.engine.device, self.settings_file)
+            wire_tasks(self, demo, tabs, g)
+            wire_gallery(self, g, tabs)
+            wire_settings(self, s, header, notice)
             budget_controls = [tab.controls[k] for tab in self.tabs.values()
                                for k in ("steps", "iterations", "guidance", "sampler")]
             mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
                         concurrency_limit=1, concurrency_id=RUN_GROUP)
             # a reloaded page shows what is saved now, not what was saved when the app was built
-            demo.load(self.settings_values, None, self._settings_inputs, queue=False, **PRIVATE)
+            demo.load(self.settings_values, None, self.settings_inputs, queue=False, **PRIVATE)
             demo.load(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
         readable_inputs()
         readable_payloads(demo)
@@ -721,260 +712,7 @@ class Studio:
         notice = self.notice_md()
         return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *(values * len(self.tabs))]
 
-    def _gallery_tab(self) -> dict[str, Any]:
-        items, files = self.gallery_items()
-        g: dict[str, Any] = {}
-        with gr.Row():
-            g["refresh"] = gr.Button("Refresh", size="sm", scale=0, min_width=100)
-            gr.Markdown(f"Results are saved in `{self.gallery.folder}`", elem_id="gallery-folder")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                g["gallery"] = gr.Gallery(
-                    value=items,
-                    columns=6,
-                    height=520,
-                    allow_preview=False,
-                    object_fit="contain",
-                    label="Past results",
-                    elem_id="gallery",
-                )
-            with gr.Column(scale=2):
-                g["image"] = gr.Image(label="Selected", type="filepath", interactive=False, height=280)
-                g["params"] = gr.JSON(label="Parameters")
-                with gr.Row():
-                    g["restore"] = gr.Button("Restore settings in its tab", variant="primary", size="sm")
-                    g["delete"] = gr.Button("🗑 Delete", variant="stop", size="sm", elem_id="gallery-delete")
-                with gr.Row():
-                    g["send"] = {t: gr.Button(f"→ {TASK_TITLES[t]}", size="sm") for t in IMAGE_TARGETS}
-        g["files"] = gr.State(files)
-        g["path"] = gr.State(None)
-        return g
-
-    def _settings_tab(self, info: Any) -> dict[str, Any]:
-        s: dict[str, Any] = {}
-        st = self.settings
-        spec = self.engine.spec
-        source = (
-            "Bundled demo"
-            if spec in ("demo", "")
-            else "Bundled fast (distilled)"
-            if spec == FAST
-            else "Random weights"
-            if is_variant(spec)
-            else "Local folder"
-            if Path(spec).expanduser().exists()
-            else "Hub id"
-        )
-        with gr.Row(equal_height=False):
-            with gr.Column():
-                gr.Markdown("### Model")
-                s["source"] = gr.Radio(list(MODEL_SOURCES), value=source, label="Source")
-                s["location"] = gr.Textbox(
-                    label="Folder or hub id (owner/name)",
-                    value=spec if source in ("Local folder", "Hub id") else "",
-                    placeholder="/path/to/model or owner/name",
-                    elem_id="settings-location",
-                )
-                with gr.Row():
-                    from iris import VARIANTS
-
-                    s["variant"] = gr.Dropdown(
-                        list(VARIANTS),
-                        value=spec if source == "Random weights" else "nano",
-                        label="Variant (random weights)",
-                    )
-                    s["device"] = gr.Dropdown(
-                        ["cpu", "cuda", "mps"],
-                        value=self.engine.device,
-                        label="Device",
-                        allow_custom_value=True,
-                    )
-                s["load"] = gr.Button("Load model", variant="primary", elem_id="settings-load")
-                s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`",
-                                                elem_id="settings-model-status")
-            with gr.Column():
-                gr.Markdown("### Defaults")
-                s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
-                with gr.Row():
-                    s["steps"] = gr.Slider(1, limits.MAX_STEPS, value=st.steps, step=1, label="Steps")
-                    s["iterations"] = gr.Slider(1, MAX_UI_ITERATIONS, value=min(st.iterations, MAX_UI_ITERATIONS),
-                                                step=1, label="Core iterations")
-                with gr.Row():
-                    s["guidance"] = gr.Slider(0.0, limits.MAX_GUIDANCE, value=st.guidance, step=0.5, label="Guidance")
-                    s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
-                with gr.Row():
-                    s["width"] = gr.Slider(0, limits.MAX_SIDE, value=st.width, step=info.latent_factor,
-                                           label="Width (0 = model)")
-                    s["height"] = gr.Slider(0, limits.MAX_SIDE, value=st.height, step=info.latent_factor,
-                                            label="Height (0 = model)")
-                for row in (tuple(SETTING_FOR)[:2], tuple(SETTING_FOR)[2:]):
-                    with gr.Row():  # the task options' saved defaults, with the options' own ranges
-                        for task, name in row:
-                            key = SETTING_FOR[(task, name)]
-                            opt = task_option(task, name)
-                            label = f"{TASK_TITLES[task]}: {name.replace('_', ' ')}"
-                            s[key] = gr.Slider(*(opt.ui_range or (opt.low, opt.high)), value=getattr(st, key),
-                                               step=opt.step or 1, label=label)
-                with gr.Row():
-                    s["preview_interval_ms"] = gr.Slider(
-                        0, 1000, value=st.preview_interval_ms, step=10, label="Min. ms between previews"
-                    )
-                    s["preview_cost"] = gr.Slider(
-                        0.0,
-                        1.0,
-                        value=st.preview_cost,
-                        step=0.05,
-                        label="Preview cost cap (0 = every iteration)",
-                    )
-                s["theme"] = gr.Dropdown(list(THEMES), value=st.theme, label="Theme (applies on restart)")
-                s["save"] = gr.Button("Save settings", variant="primary")
-                s["save_status"] = gr.Markdown(f"Settings file: `{self.settings_file}`")
-        return s
-
-    def _wire_tasks(self, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
-        for task, tab in self.tabs.items():
-            outputs = [tab.preview, tab.status, tab.result, tab.params]
-            if task == "inpaint":
-                outputs.append(tab.extra["mask_view"])
-            if task == "generate":
-                c, x = tab.controls, tab.extra
-                x["grid_run"].click(
-                    self.run_grid,
-                    [c["prompt"], c["negative_prompt"], c["seed"], c["guidance"], c["sampler"], c["width"],
-                     c["height"], x["grid_iterations"], x["grid_steps"]],
-                    [x["grid_image"], x["grid_status"]],
-                    api_name="grid",
-                    concurrency_limit=1,
-                    concurrency_id=RUN_GROUP,
-                    show_progress="hidden",
-                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
-            tab.extra["copy"].click(None, tab.params, None, js=COPY_JS)
-            tab.controls["prompt"].change(self.vocab_md, tab.controls["prompt"], tab.extra["vocab"], queue=False,
-                                          trigger_mode="always_last", **PRIVATE)
-            inputs = tab.inputs()
-            budget_names = [k for k in BUDGET_FIELDS if k in tab.controls]
-            input_size = None
-            if tab.images:  # the run's size follows its input image
-                input_size = gr.State(None)
-            budget_inputs = [tab.controls[k] for k in budget_names] + ([input_size] if input_size else [])
-            budget_fn = self._budget_listener(task, (*budget_names, *(["input_size"] if input_size else [])))
-
-            run_inputs = [*inputs, tab.extra["batch"]] if task == "generate" else inputs
-            run_event = tab.run.click(
-                self.runner(task),
-                run_inputs,
-                outputs,
-                api_name=task,
-                concurrency_limit=1,
-                concurrency_id=RUN_GROUP,
-                show_progress="hidden",
-                trigger_mode="multiple",  # clicks while a run is going queue up, one run each, none dropped
-            )
-            submit_event = tab.controls["prompt"].submit(
-                self.runner(task),
-                run_inputs,
-                outputs,
-                concurrency_limit=1,
-                concurrency_id=RUN_GROUP,
-                show_progress="hidden",
-                **PRIVATE,
-            )
-            for ev in (run_event, submit_event):
-                ev.then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
-                ev.then(budget_fn, budget_inputs, tab.budget, concurrency_limit=None, **PRIVATE)
-            tab.stop.click(
-                self.stop,
-                None,
-                None,
-                api_name="stop" if task == "generate" else None,
-                concurrency_limit=None,
-                queue=False,
-                show_progress="hidden",
-                **({} if task == "generate" else PRIVATE),
-            )
-            tab.randomize.click(self.randomize, None, tab.controls["seed"], queue=False, **PRIVATE)
-            tab.reuse.click(self.reuse, tab.params, tab.controls["seed"], queue=False, **PRIVATE)
-            for comp in budget_inputs:
-                if comp is input_size:
-                    continue
-                # preprocess=False: a number half typed ("2" of "256") reaches budget_md as it is, which
-                # says what is wrong instead of the slider raising an error badge at every keystroke
-                comp.change(budget_fn, budget_inputs, tab.budget, queue=False, preprocess=False,
-                            trigger_mode="always_last", **PRIVATE)
-            if input_size is not None:
-                tab.images[0].change(self.input_size, tab.images[0], input_size, queue=False,
-                                     show_progress="hidden", **PRIVATE).then(
-                    budget_fn, budget_inputs, tab.budget, queue=False, preprocess=False, **PRIVATE)
-            demo.load(budget_fn, budget_inputs, tab.budget, queue=False, **PRIVATE)
-            for slider in (tab.controls["iterations"], tab.controls["steps"]):
-                slider.release(self.cancel_if_live, tab.live, None, queue=False, **PRIVATE).then(
-                    self.live_runner(task),
-                    [tab.live, tab.params, *inputs],
-                    outputs,
-                    concurrency_limit=1,
-                    concurrency_id=RUN_GROUP,
-                    show_progress="hidden",
-                    trigger_mode="always_last",
-                    **PRIVATE,
-                ).then(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
-            controls = [tab.controls[name] for name in metadata.fields(task)]
-            tab.restore_file.upload(
-                self.restorer(task),
-                tab.restore_file,
-                [*controls, tab.restore_note, tab.result],
-                api_name=f"restore_{task}",
-                concurrency_limit=None,
-            )
-            for target, button in tab.send.items():
-                button.click(
-                    lambda path, prompt, _t=target: self.send(_t, path, prompt),
-                    [tab.result, tab.controls["prompt"]],
-                    [self.tabs[target].images[0], self.tabs[target].controls["prompt"], tabs],
-                    queue=False,
-                    **PRIVATE,
-                )
-            if task == "inpaint":
-                editor = tab.images[0]
-                # in the page, with no round trip to the server: the editor keeps its background and loses its
-                # strokes at once (a server answer re-fetched the image and could leave the editor blank)
-                tab.extra["clear"].click(
-                    None,
-                    editor,
-                    editor,
-                    js="(v) => (v && v.background) ? {background: v.background, layers: [], "
-                       "composite: v.background} : v",
-                    queue=False,
-                    show_progress="hidden",
-                    **PRIVATE,
-                )
-            if task == "control":
-                tab.extra["blank"].click(blank_canvas, None, tab.images[0], queue=False, **PRIVATE)
-                pre_inputs = [tab.images[0], tab.controls["kind"], tab.controls["preprocess"]]
-                preview = tab.extra["control_preview"]
-                gr.Button(visible=False).click(
-                    self.preprocess, pre_inputs, preview, api_name="preprocess", concurrency_limit=None
-                )
-                gr.on(  # the editor fires input per stroke and upload per file; change comes late
-                    [tab.images[0].input, tab.images[0].upload],
-                    self.preprocess,
-                    pre_inputs,
-                    preview,
-                    concurrency_limit=None,
-                    trigger_mode="always_last",
-                    show_progress="hidden",
-                    **PRIVATE,
-                )
-                for comp in pre_inputs[1:]:
-                    comp.change(
-                        self.preprocess,
-                        pre_inputs,
-                        preview,
-                        concurrency_limit=None,
-                        show_progress="hidden",
-                        **PRIVATE,
-                    )
-
-    def _budget_listener(self, task: str, names: tuple[str, ...]) -> Any:
+    def budget_listener(self, task: str, names: tuple[str, ...]) -> Any:
         """The budget line's listener for a tab: its values arrive in the order of `names`."""
 
         def budget_fn(*values: Any) -> str:
@@ -985,52 +723,6 @@ class Studio:
                                   v.get("height"), v.get("sampler"), task=task, options=v, input_size=size)
 
         return budget_fn
-
-    def _wire_gallery(self, g: dict[str, Any], tabs: Any) -> None:
-        g["refresh"].click(self.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
-        g["gallery"].select(
-            self.gallery_select,
-            g["files"],
-            [g["image"], g["params"], g["path"]],
-            concurrency_limit=None,
-            **PRIVATE,
-        )
-        all_controls = [self.tabs[t].controls[name] for t in TASKS for name in metadata.fields(t)]
-        g["restore"].click(self.gallery_restore, g["params"], [*all_controls, tabs], queue=False, **PRIVATE)
-        g["delete"].click(self.gallery_delete, g["path"], [g["image"], g["params"], g["path"]], queue=False,
-                          **PRIVATE).then(self.gallery_items, None, [g["gallery"], g["files"]], queue=False, **PRIVATE)
-        for target, button in g["send"].items():
-            button.click(
-                lambda path, params, _t=target: self.send(_t, path, params),
-                [g["path"], g["params"]],
-                [self.tabs[target].images[0], self.tabs[target].controls["prompt"], tabs],
-                queue=False,
-                **PRIVATE,
-            )
-        gr.api(self.gallery_list, api_name="gallery", concurrency_limit=None)
-
-    def _wire_settings(self, s: dict[str, Any], header: Any, notice: Any) -> None:
-        s["load"].click(
-            self.load_model,
-            [s["source"], s["location"], s["variant"], s["device"]],
-            [
-                s["model_status"],
-                header,
-                notice,
-                self.tabs["control"].controls["kind"],
-                self.tabs["control"].extra["control_note"],
-            ],
-            api_name="load_model",
-            concurrency_limit=1,
-            concurrency_id=RUN_GROUP,
-            show_progress_on=s["model_status"],  # a failed load is said there (and in a toast), not on the header
-        )
-        fields_in = [s[k] for k in self.SETTINGS_FIELDS]
-        s["save"].click(
-            self.save_settings, fields_in, s["save_status"], api_name="save_settings", concurrency_limit=None
-        )
-        self._settings_inputs = fields_in
-        gr.api(self.get_settings, api_name="get_settings", concurrency_limit=None)
 
 
 def build_app(

@@ -10,17 +10,20 @@ Only components are made here; app.py wires the events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from iris import SAMPLERS, limits
+from iris import SAMPLERS, VARIANTS, limits
 from iris.control import CONTROL_KINDS
 from iris.grid import DEFAULT_ITERATIONS as DEFAULT_GRID_ITERATIONS
 from iris.grid import DEFAULT_STEPS as DEFAULT_GRID_STEPS
 from iris.options import Option, task_option
 
+from .engine import FAST, is_variant
 from .metadata import fields
+from .settings import THEMES
 
 TASK_TITLES = {
     "generate": "Generate",
@@ -37,6 +40,7 @@ RUN_LABELS = {
     "control": "Generate with control",
 }
 IMAGE_TARGETS = ("inpaint", "edit", "upscale", "control")
+MODEL_SOURCES = ("Bundled demo", "Bundled fast (distilled)", "Local folder", "Hub id", "Random weights")
 MAX_UI_ITERATIONS = 16
 
 
@@ -491,6 +495,115 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
         send,
         extra,
     )
+
+
+def gallery_tab(items: list[Any], files: list[str], folder: Any) -> dict[str, Any]:
+    """The Gallery tab's components (past results, the selected one's parameters, restore, delete, send-to)."""
+    g: dict[str, Any] = {}
+    with gr.Row():
+        g["refresh"] = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+        gr.Markdown(f"Results are saved in `{folder}`", elem_id="gallery-folder")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            g["gallery"] = gr.Gallery(
+                value=items,
+                columns=6,
+                height=520,
+                allow_preview=False,
+                object_fit="contain",
+                label="Past results",
+                elem_id="gallery",
+            )
+        with gr.Column(scale=2):
+            g["image"] = gr.Image(label="Selected", type="filepath", interactive=False, height=280)
+            g["params"] = gr.JSON(label="Parameters")
+            with gr.Row():
+                g["restore"] = gr.Button("Restore settings in its tab", variant="primary", size="sm")
+                g["delete"] = gr.Button("🗑 Delete", variant="stop", size="sm", elem_id="gallery-delete")
+            with gr.Row():
+                g["send"] = {t: gr.Button(f"→ {TASK_TITLES[t]}", size="sm") for t in IMAGE_TARGETS}
+    g["files"] = gr.State(files)
+    g["path"] = gr.State(None)
+    return g
+
+
+def settings_tab(st: Any, info: Any, spec: str, device: str, settings_file: Any) -> dict[str, Any]:
+    """The Settings tab's components: where the model comes from, and the saved defaults."""
+    s: dict[str, Any] = {}
+    source = (
+        "Bundled demo"
+        if spec in ("demo", "")
+        else "Bundled fast (distilled)"
+        if spec == FAST
+        else "Random weights"
+        if is_variant(spec)
+        else "Local folder"
+        if Path(spec).expanduser().exists()
+        else "Hub id"
+    )
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            gr.Markdown("### Model")
+            s["source"] = gr.Radio(list(MODEL_SOURCES), value=source, label="Source")
+            s["location"] = gr.Textbox(
+                label="Folder or hub id (owner/name)",
+                value=spec if source in ("Local folder", "Hub id") else "",
+                placeholder="/path/to/model or owner/name",
+                elem_id="settings-location",
+            )
+            with gr.Row():
+                s["variant"] = gr.Dropdown(
+                    list(VARIANTS),
+                    value=spec if source == "Random weights" else "nano",
+                    label="Variant (random weights)",
+                )
+                s["device"] = gr.Dropdown(
+                    ["cpu", "cuda", "mps"],
+                    value=device,
+                    label="Device",
+                    allow_custom_value=True,
+                )
+            s["load"] = gr.Button("Load model", variant="primary", elem_id="settings-load")
+            s["model_status"] = gr.Markdown(f"Current: **{info.name}** from `{info.source}`",
+                                            elem_id="settings-model-status")
+        with gr.Column():
+            gr.Markdown("### Defaults")
+            s["negative_prompt"] = gr.Textbox(label="Negative prompt", value=st.negative_prompt)
+            with gr.Row():
+                s["steps"] = gr.Slider(1, limits.MAX_STEPS, value=st.steps, step=1, label="Steps")
+                s["iterations"] = gr.Slider(1, MAX_UI_ITERATIONS, value=min(st.iterations, MAX_UI_ITERATIONS),
+                                            step=1, label="Core iterations")
+            with gr.Row():
+                s["guidance"] = gr.Slider(0.0, limits.MAX_GUIDANCE, value=st.guidance, step=0.5, label="Guidance")
+                s["live"] = gr.Checkbox(value=st.live, label="Live mode on")
+            with gr.Row():
+                s["width"] = gr.Slider(0, limits.MAX_SIDE, value=st.width, step=info.latent_factor,
+                                       label="Width (0 = model)")
+                s["height"] = gr.Slider(0, limits.MAX_SIDE, value=st.height, step=info.latent_factor,
+                                        label="Height (0 = model)")
+            for row in (tuple(SETTING_FOR)[:2], tuple(SETTING_FOR)[2:]):
+                with gr.Row():  # the task options' saved defaults, with the options' own ranges
+                    for task, name in row:
+                        key = SETTING_FOR[(task, name)]
+                        opt = task_option(task, name)
+                        label = f"{TASK_TITLES[task]}: {name.replace('_', ' ')}"
+                        s[key] = gr.Slider(*(opt.ui_range or (opt.low, opt.high)), value=getattr(st, key),
+                                           step=opt.step or 1, label=label)
+            with gr.Row():
+                s["preview_interval_ms"] = gr.Slider(
+                    0, 1000, value=st.preview_interval_ms, step=10, label="Min. ms between previews"
+                )
+                s["preview_cost"] = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=st.preview_cost,
+                    step=0.05,
+                    label="Preview cost cap (0 = every iteration)",
+                )
+            s["theme"] = gr.Dropdown(list(THEMES), value=st.theme, label="Theme (applies on restart)")
+            s["save"] = gr.Button("Save settings", variant="primary")
+            s["save_status"] = gr.Markdown(f"Settings file: `{settings_file}`")
+    return s
 
 
 CSS = """

@@ -95,7 +95,7 @@ def test_the_time_estimate_counts_the_work_each_task_really_runs(studio):
         for task, tab in studio.tabs.items():
             names = [k for k in ("steps", "iterations", "guidance", "width", "height", "sampler", "strength",
                                  "scale", "tile", "masked_only") if k in tab.controls]
-            listener = studio._budget_listener(task, (*names, "input_size"))
+            listener = studio.budget_listener(task, (*names, "input_size"))
             values = [tab.controls[k].value for k in names]
             assert "NFE" in listener(*values, (64, 64)), task
     finally:
@@ -322,7 +322,7 @@ def test_a_reloaded_page_gets_the_saved_settings_and_the_gallery(studio):
     config = demo.get_config_file() if hasattr(demo, "get_config_file") else demo.config
     loads = [d for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"])]
     targets = {tuple(sorted(d["outputs"])) for d in loads}
-    assert tuple(sorted(c._id for c in studio._settings_inputs)) in targets
+    assert tuple(sorted(c._id for c in studio.settings_inputs)) in targets
     gallery_ids = {c._id for c in studio.tabs["generate"].controls.values()}
     assert any(len(t) == 2 and not set(t) & gallery_ids for t in targets)  # the gallery and its file list
 
