@@ -194,19 +194,19 @@ SETTING_FOR = {("edit", "strength"): "edit_strength", ("upscale", "strength"): "
                ("inpaint", "mask_blur"): "mask_blur", ("inpaint", "padding"): "padding"}  # saved defaults
 
 
-def option_control(opt: Option, value: Any, choices: list[Any] | None = None) -> Any:
+def option_control(opt: Option, value: Any, choices: list[Any] | None = None, elem_id: str | None = None) -> Any:
     """The control for a task option: a checkbox, a radio of its choices, a dropdown of `choices` (for a text
     option), or a slider over its range."""
     label = opt.label or opt.name.replace("_", " ").capitalize()
     if opt.kind is bool:
-        return gr.Checkbox(value=bool(value), label=label)
+        return gr.Checkbox(value=bool(value), label=label, elem_id=elem_id)
     if opt.choices is not None:
-        return gr.Radio(list(opt.choices), value=value, label=label)
+        return gr.Radio(list(opt.choices), value=value, label=label, elem_id=elem_id)
     if opt.kind is str:
         choices = list(choices or [value])
-        return gr.Dropdown(choices, value=value if value in choices else choices[0], label=label)
+        return gr.Dropdown(choices, value=value if value in choices else choices[0], label=label, elem_id=elem_id)
     lo, hi = opt.ui_range or (opt.low, opt.high)
-    return gr.Slider(lo, hi, value=value, step=opt.step or 1, label=label)
+    return gr.Slider(lo, hi, value=value, step=opt.step or 1, label=label, elem_id=elem_id)
 
 
 def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...] = CONTROL_KINDS) -> TaskTab:
@@ -307,7 +307,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                         opt = task_option(task, name)
                         value = getattr(settings, SETTING_FOR[(task, name)]) if (task, name) in SETTING_FOR \
                             else opt.default
-                        controls[name] = option_control(opt, value, kinds if name == "kind" else None)
+                        controls[name] = option_control(opt, value, kinds if name == "kind" else None,
+                                                        elem_id=f"{task}-{name.replace('_', '-')}")
 
             # ---------------------------------------------------------------- seed, size, guidance
             if task == "generate":

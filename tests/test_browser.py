@@ -278,6 +278,42 @@ def test_upscale_budget_line_follows_the_image_and_the_scale(app, page):
     page.screenshot(path=str(base / "screenshots" / "10-upscale-budget.png"))
 
 
+def _estimate(page, selector: str) -> float:
+    import re
+
+    found = re.search(r"≈ ([\d.]+) s", page.inner_text(selector))
+    assert found, page.inner_text(selector)
+    return float(found.group(1))
+
+
+def test_upscale_estimate_counts_both_passes_and_the_strength(app, page):
+    """After a measured run, the upscale estimate at 4x (a 2x pass, then a 2x pass on four times the pixels)
+    is several times the 2x one, and at strength 0 (the pixel upscaler alone) it drops to the fixed cost."""
+    studio, base = app
+    page.goto(studio.url)
+    page.fill("#generate-prompt textarea", "a red apple")
+    page.click("#generate-run")  # measures the speed the estimates scale
+    page.wait_for_selector('#generate-status [data-state="done"]', timeout=60_000)
+    page.get_by_role("tab", name="Upscale").click()
+    big = base / "big-256x192.png"
+    Image.new("RGB", (256, 192), "teal").save(big)
+    page.set_input_files("#upscale-input input[type=file]", str(big))
+    page.wait_for_function("() => /512 × 384.*≈ [0-9.]+ s/.test(document.querySelector('#upscale-budget').innerText)")
+    two = _estimate(page, "#upscale-budget")
+    page.get_by_label("4").check()
+    page.wait_for_function("() => document.querySelector('#upscale-budget').innerText.includes('1024 × 768')")
+    four = _estimate(page, "#upscale-budget")
+    assert two > 0 and four > 3 * two, (two, four)
+    page.get_by_label("2").check()
+    page.wait_for_function("() => document.querySelector('#upscale-budget').innerText.includes('512 × 384')")
+    slider = page.locator("#upscale-strength input[type=number]")
+    slider.fill("0")
+    slider.press("Enter")
+    page.wait_for_function(f"() => !document.querySelector('#upscale-budget').innerText.includes('≈ {two} s')")
+    assert _estimate(page, "#upscale-budget") < two
+    page.screenshot(path=str(base / "screenshots" / "10b-upscale-estimate.png"))
+
+
 def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
     """The Control tab's editor opens ready for an upload (a click there does not draw a dot on a white page);
     "Blank canvas" gives a page to draw on; an uploaded image shows its control map."""
