@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .files import atomic_path
 from .judge import fit_two_heads, half_view
 from .train.emoji import COLORS, EMOJI, EmojiScenes, Scene, SceneConfig
 
@@ -301,12 +302,10 @@ def save_classifier(model: EmojiClassifier, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"version": CLASSIFIER_VERSION, **{k: str(v) for k, v in model.meta.items()}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

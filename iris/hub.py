@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import HubOfflineError, ModelLoadError
+from .files import atomic_path
 
 DEMO_MODEL_NAME = "iris-nano-emoji"
 FAST_MODEL_NAME = "iris-nano-emoji-fast"  # the demo model's distilled student: 1-4 steps, no guidance
@@ -239,6 +240,5 @@ def save_weights(module: nn.Module, path: Path, dtype: torch.dtype | None = None
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         state[key] = value.contiguous()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))

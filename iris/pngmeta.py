@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from .files import atomic_path
 
 CHUNK = "iris"
 
@@ -26,28 +26,9 @@ def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
 def save_png(image: Image.Image, path: str | Path, params: dict[str, Any] | None = None) -> Path:
     """Write `image` with `params` to `path` via a temp file and rename (no partial files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(params or {}))
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never expose a file whose bytes are still in flight
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; a saved image gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=png_info(params or {}))
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once, at import: setting it is process-wide, so never while other threads write files
 
 
 def read_params(source: str | Path | Image.Image) -> dict[str, Any] | None:

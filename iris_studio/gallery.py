@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from iris.files import atomic_path
+
 INDEX = "index.json"
 APP_NAME = "iris-studio"
-STALE_TEMP_SECONDS = 3600  # temp files (".tmp-*.png", ".index-*.json") older than this are left by killed writes
+STALE_TEMP_SECONDS = 3600  # temp files (".<name>-*.png", ".index-*.json") older than this are left by killed writes
 
 
 def default_output_dir() -> Path:
@@ -105,7 +106,7 @@ class Gallery:
     def _remove_stale_temp_files(self) -> None:
         """Delete temp files that writes killed half-way left behind (older than STALE_TEMP_SECONDS)."""
         now = time.time()
-        for pattern in (".index-*.json", "*/.tmp-*.png"):
+        for pattern in (".index-*.json", "*/.*.png"):  # iris.files.atomic_path's temp names
             for path in self.folder.glob(pattern):
                 try:
                     if not path.is_symlink() and path.is_file() and now - path.stat().st_mtime > STALE_TEMP_SECONDS:
@@ -152,7 +153,7 @@ class Gallery:
         return entries
 
     def _rebuild(self, skip: set[str] | frozenset[str] = frozenset()) -> list[Entry]:
-        """Entries from the PNGs in the folder (their parameter chunks), oldest first; temp files (.tmp-*) and
+        """Entries from the PNGs in the folder (their parameter chunks), oldest first; temp files (.*) and
         the files in `skip` are left out."""
         from iris.pngmeta import read_params
 
@@ -182,21 +183,9 @@ class Gallery:
         return entries
 
     def _write(self, entries: list[Entry]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".json", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(
-                    {"version": 1, "entries": [e.to_dict() for e in entries]},
-                    f,
-                    ensure_ascii=False,
-                    default=str,
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = {"version": 1, "entries": [e.to_dict() for e in entries]}
+        with atomic_path(self.index_path) as tmp:
+            tmp.write_text(json.dumps(data, ensure_ascii=False, default=str), encoding="utf-8")
 
     # -------------------------------------------------------------------------------------------- API
     def add(self, image: Any, params: dict[str, Any]) -> Path:

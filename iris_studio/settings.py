@@ -11,12 +11,12 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iris import limits
+from iris.files import atomic_path
 from iris.inputs import is_text
 from iris.options import EditOptions, InpaintOptions, UpscaleOptions, task_option
 
@@ -155,14 +155,6 @@ def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]
 def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
     """Write settings atomically (temp file + rename): a crash never leaves a half-written file."""
     path = Path(path) if path is not None else settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(settings.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path

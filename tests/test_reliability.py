@@ -533,3 +533,19 @@ def test_the_quick_parameter_bound_is_never_below_the_count(change):
             part, field = key.split(".")
             setattr(getattr(cfg, part), field, value)
         assert parameter_bound(cfg) >= count_parameters(cfg), (name, change)
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
+    """iris.files.atomic_path: a write that fails half-way keeps the old file and leaves no temp file."""
+    from iris.files import atomic_path
+
+    target = tmp_path / "sub" / "index.json"
+    with atomic_path(target) as tmp:
+        tmp.write_text("old")
+    assert target.read_text() == "old"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["index.json"]

@@ -436,7 +436,8 @@ def test_a_user_run_stops_the_warmup(engine):
 
 
 def test_saved_pngs_get_the_umask_permissions(tmp_path):
-    from iris import pngmeta
+    from iris import files
 
     path = Gallery(tmp_path).add(_image(), {"task": "generate", "seed": 1})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~pngmeta._UMASK  # as any program's new file, not 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK  # as any program's new file, not 0600
+    assert (tmp_path / "index.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
