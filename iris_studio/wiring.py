@@ -1,22 +1,20 @@
 """How the studio's components talk to its handlers: every event of every tab, in one place.
 
 `iris_studio.tabs` builds the components, `iris_studio.app.Studio` holds the handlers; the functions here
-connect the two (`Studio.build` calls them once, inside its `gr.Blocks`).
+connect the two (`Studio.build` calls them once, inside its `gr.Blocks`, passing itself as `studio`; this
+module does not import `app`, so the two stay free of an import cycle).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from . import metadata
 from .engine import TASKS
 from .tabs import COPY_JS, blank_canvas
-
-if TYPE_CHECKING:
-    from .app import Studio
 
 GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
 PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
@@ -25,7 +23,7 @@ BUDGET_FIELDS = ("steps", "iterations", "guidance", "width", "height", "sampler"
                  "masked_only")  # the controls a tab's budget line follows
 
 
-def wire_tasks(studio: Studio, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
+def wire_tasks(studio: Any, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
     """Every task tab's events: runs, budget lines, live sliders, restore, send-to, mask and control helpers."""
     for task, tab in studio.tabs.items():
         outputs = [tab.preview, tab.status, tab.result, tab.params]
@@ -170,7 +168,7 @@ def wire_tasks(studio: Studio, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) ->
                 )
 
 
-def wire_gallery(studio: Studio, g: dict[str, Any], tabs: Any) -> None:
+def wire_gallery(studio: Any, g: dict[str, Any], tabs: Any) -> None:
     """The gallery tab's events: refresh, select, restore, delete, send-to, and the /gallery endpoint."""
     g["refresh"].click(studio.gallery_items, None, [g["gallery"], g["files"]], concurrency_limit=None, **PRIVATE)
     g["gallery"].select(
@@ -195,7 +193,7 @@ def wire_gallery(studio: Studio, g: dict[str, Any], tabs: Any) -> None:
     gr.api(studio.gallery_list, api_name="gallery", concurrency_limit=None)
 
 
-def wire_settings(studio: Studio, s: dict[str, Any], header: Any, notice: Any) -> None:
+def wire_settings(studio: Any, s: dict[str, Any], header: Any, notice: Any) -> None:
     """The settings tab's events: load a model, save settings, and the /get_settings endpoint."""
     s["load"].click(
         studio.load_model,
