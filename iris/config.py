@@ -131,7 +131,7 @@ class IrisConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IrisConfig:
-        config = _build(cls, data, "config")
+        config = build_dataclass(cls, data, "config")
         config.validate()
         return config
 
@@ -185,40 +185,42 @@ class IrisConfig:
         return cls.from_dict(data)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a (nested) dataclass from a dict, with clear errors for unknown or mistyped keys."""
+def build_dataclass(cls: type, data: dict[str, Any], where: str, error: type[Exception] | None = None) -> Any:
+    """Build a (nested) dataclass from a dict (parsed JSON or TOML), with a clear `error` (ModelLoadError by
+    default) for unknown or mistyped keys: a field's default says its type."""
     from .errors import ModelLoadError
 
+    err = error or ModelLoadError
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{where}: expected an object, got {type(data).__name__}")
+        raise err(f"{where}: expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)}")
+        raise err(f"{where}: unknown keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     defaults = cls()
     for name, value in data.items():
         default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = build_dataclass(type(default), value, f"{where}.{name}", error)
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
-                raise ModelLoadError(f"{where}.{name}: expected a list")
+                raise err(f"{where}.{name}: expected a list")
             kwargs[name] = tuple(value)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ModelLoadError(f"{where}.{name}: expected true/false")
+                raise err(f"{where}.{name}: expected true/false")
             kwargs[name] = value
         elif isinstance(default, (int, float)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ModelLoadError(f"{where}.{name}: expected a number, got {value!r}")
+                raise err(f"{where}.{name}: expected a number, got {value!r}")
             kwargs[name] = type(default)(value) if isinstance(default, float) else value
         elif isinstance(default, str):
             if not isinstance(value, str):
-                raise ModelLoadError(f"{where}.{name}: expected a string")
+                raise err(f"{where}.{name}: expected a string")
             kwargs[name] = value
-        else:
-            kwargs[name] = value
+        else:  # a list (a list default), or anything for an optional field (a list read as a tuple)
+            kwargs[name] = tuple(value) if default is None and isinstance(value, list) else value
     return cls(**kwargs)
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import build_dataclass
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -122,21 +124,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    defaults = cls()
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    cfg = cls(**kwargs)
+    cfg = build_dataclass(cls, data, where, ValueError)
     if isinstance(cfg, TrainConfig) and cfg.stage not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage!r}; expected one of {', '.join(STAGES)}")
     if isinstance(cfg, TrainConfig) and cfg.precision not in ("auto", "bf16", "fp32"):
