@@ -218,14 +218,12 @@ class _BlockReader:
         """Copy tensor `key` into `dest` (same shape, any float dtype); refuses NaN or infinite values."""
         if dest.dim() == 0:
             dest.copy_(self._open().get_tensor(key))
-            rows = [(0, None)]
         else:
             row_bytes = max(1, dest[0].numel() * dest.element_size())
             step = max(1, LOAD_BLOCK_BYTES // row_bytes)
-            rows = [(start, start + step) for start in range(0, dest.shape[0], step)]
-            for start, stop in rows:
-                dest[start:stop].copy_(self._open().get_slice(key)[start:stop])
-                self.read += (min(stop, dest.shape[0]) - start) * row_bytes
+            for start in range(0, dest.shape[0], step):
+                dest[start : start + step].copy_(self._open().get_slice(key)[start : start + step])
+                self.read += (min(start + step, dest.shape[0]) - start) * row_bytes
         if dest.is_floating_point() and not bool(torch.isfinite(dest).all()):
             raise ModelLoadError(f"{self.path.name}: tensor {key} holds NaN or infinite values")
 

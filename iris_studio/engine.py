@@ -374,6 +374,9 @@ class Engine:
             guidance = kwargs.get("guidance")
             guidance = self.info.defaults["guidance"] if guidance is None else float(guidance)
             width, height = kwargs.get("width"), kwargs.get("height")
+            image = kwargs.get("image", kwargs.get("control_image"))
+            if not (width or height) and hasattr(image, "size"):  # an image task works at its input's size
+                width, height = image.size
             units = self._units(int(width) if width else None, int(height) if height else None, guidance)
             return self.speed.per_iteration(units, load) if units > 0 else None
         except (TypeError, ValueError, OverflowError):
