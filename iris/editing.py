@@ -455,6 +455,23 @@ def _upscale_2x(pipe: IrisCore, low_img: Image.Image, prompt: str, negative_prom
     return Image.fromarray(match_low_res(blended, low))
 
 
+def tile_overlap(pipe: IrisCore, tile: int) -> int:
+    """px by which an upscale's tiles of `tile` px overlap: tile / 8, at least one grid cell (0: no tiling)."""
+    f = pipe.latent_factor
+    return max(f, tile // 8 // f * f) if tile else 0
+
+
+def upscale_tiles(pipe: IrisCore, width: int, height: int, scale: int, tile: int) -> list[tuple[int, int]]:
+    """(width, height) in px of every SDEdit run an upscale of width x height by `scale` makes: one per tile
+    of each 2x pass (two passes for 4x), on the latent grid."""
+    f, overlap, runs = pipe.latent_factor, tile_overlap(pipe, tile), []
+    for i in range(1 if scale == 2 else 2):
+        hp, wp = math.ceil(2 * height * 2**i / f) * f, math.ceil(2 * width * 2**i / f) * f
+        tiles = len(tile_starts(hp, tile, overlap)) * len(tile_starts(wp, tile, overlap))
+        runs += [(min(wp, tile or wp), min(hp, tile or hp))] * tiles
+    return runs
+
+
 def first_pass_2x(pipe: IrisCore, low: torch.Tensor, tile: int = 256) -> torch.Tensor:
     """The start of a 2x upscale: the model's learned pixel upscaler (bicubic where it has none).
 
@@ -517,18 +534,14 @@ def upscale(
     scale = check_scale(scale)
     strength = check_option("upscale", "strength", strength)
     tile = check_tile(pipe, tile)
-    f = pipe.latent_factor
-    overlap = max(f, tile // 8 // f * f) if tile else 0
+    overlap = tile_overlap(pipe, tile)
     img = open_image(image)
     w, h = img.size
     if w * scale * h * scale > MAX_UPSCALE_PIXELS or max(w, h) * scale > MAX_UPSCALE_SIDE:
         raise InvalidInputError(f"upscaling {w}x{h} by {scale} gives {w * scale}x{h * scale}; the limit is "
                                 f"{MAX_UPSCALE_PIXELS:,} output pixels")
     passes = [(w * 2 ** i, h * 2 ** i) for i in range(1 if scale == 2 else 2)]
-    runs = 0
-    for pw, ph in passes:
-        hp, wp = math.ceil(2 * ph / f) * f, math.ceil(2 * pw / f) * f
-        runs += len(tile_starts(hp, tile, overlap)) * len(tile_starts(wp, tile, overlap))
+    runs = len(upscale_tiles(pipe, w, h, scale, tile))
     progress = _Progress(on_preview if strength > 0 else None, runs, budget.steps)
     timings: dict[str, float] = {}
     out = img
@@ -628,8 +641,9 @@ def control(
 
 # ---------------------------------------------------------------------------------------------- cost
 def task_work(pipe: IrisCore, task: str, width: int, height: int, steps: Any = None, iterations: Any = None,
-              guidance: Any = None, sampler: str | None = None, strength: Any = None, scale: Any = 2,
-              tile: Any = 512, masked_only: Any = False) -> list[tuple[int, int, int]]:
+              guidance: Any = None, sampler: str | None = None, strength: Any = None,
+              scale: Any = UpscaleOptions.scale, tile: Any = UpscaleOptions.tile,
+              masked_only: Any = InpaintOptions.masked_only) -> list[tuple[int, int, int]]:
     """The denoising runs a task makes on an input (or output, for generate and control) of width x height px,
     as (core iterations, run width, run height) each, in px on the latent grid: what its time is made of.
 
@@ -655,15 +669,7 @@ def task_work(pipe: IrisCore, task: str, width: int, height: int, steps: Any = N
         scale, tile = check_scale(scale), check_tile(pipe, tile)
         if strength is not None and check_option("upscale", "strength", strength) <= 0.0:
             return []
-        f = pipe.latent_factor
-        overlap = max(f, tile // 8 // f * f) if tile else 0
-        runs = []
-        for i in range(1 if scale == 2 else 2):
-            hp, wp = math.ceil(2 * height * 2**i / f) * f, math.ceil(2 * width * 2**i / f) * f
-            th, tw = min(hp, tile or hp), min(wp, tile or wp)
-            tiles = len(tile_starts(hp, tile, overlap)) * len(tile_starts(wp, tile, overlap))
-            runs += [(per_run, tw, th)] * tiles
-        return runs
+        return [(per_run, tw, th) for tw, th in upscale_tiles(pipe, width, height, scale, tile)]
     raise InvalidInputError(f"unknown task {task!r}; the tasks are generate, edit, inpaint, upscale, control")
 
 

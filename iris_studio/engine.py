@@ -264,7 +264,7 @@ class Engine:
         sampler = kwargs.get("sampler") or self.info.defaults["sampler"]
         steps, iterations, expected = 0, 0, 0  # a grid's progress comes from its cells
         pace = None  # the expected seconds per core iteration, for the ETA before a pace is seen
-        load = self.speed.load(fresh=True) if record or self.speed.known else 1.0
+        load = self.speed.load() if record or self.speed.known else 1.0  # the budget line's probe, if recent
         if task != GRID:
             steps = int(kwargs.get("steps") or self.info.defaults["steps"])
             iterations = int(kwargs.get("iterations") or self.info.defaults["iterations"])

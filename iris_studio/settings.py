@@ -78,6 +78,9 @@ def settings_path() -> Path:
     return config_dir() / FILE_NAME
 
 
+# the task options whose defaults the settings keep: (task, option) -> settings field
+OPTION_SETTINGS = {("edit", "strength"): "edit_strength", ("upscale", "strength"): "upscale_strength",
+                   ("inpaint", "mask_blur"): "mask_blur", ("inpaint", "padding"): "padding"}
 _LIMITS: dict[str, tuple[float, float]] = {  # the engine's limits (iris.limits); a model may allow fewer iterations
     "steps": (1, limits.MAX_STEPS),
     "iterations": (1, limits.MAX_ITERATIONS),
@@ -86,9 +89,7 @@ _LIMITS: dict[str, tuple[float, float]] = {  # the engine's limits (iris.limits)
     "height": (0, limits.MAX_SIDE),
     "preview_interval_ms": (0, 5000),
     "preview_cost": (0.0, 1.0),
-    **{f"{task}_{name}" if name == "strength" else name: (task_option(task, name).low, task_option(task, name).high)
-       for task, name in (("edit", "strength"), ("upscale", "strength"), ("inpaint", "mask_blur"),
-                          ("inpaint", "padding"))},
+    **{key: (task_option(*option).low, task_option(*option).high) for option, key in OPTION_SETTINGS.items()},
 }
 DEVICE_FORM = re.compile(r"(cpu|mps|cuda(:\d{1,2})?)")
 

@@ -23,7 +23,7 @@ from iris.options import Option, task_option
 
 from .engine import FAST, is_variant
 from .metadata import fields
-from .settings import THEMES
+from .settings import OPTION_SETTINGS, THEMES
 
 TASK_TITLES = {
     "generate": "Generate",
@@ -190,8 +190,7 @@ OPTION_ROWS: dict[str, tuple[tuple[str, ...], ...]] = {
     "upscale": (("scale", "strength"), ("tile",)),
     "control": (("kind", "preprocess"), ("weight", "start", "end")),
 }
-SETTING_FOR = {("edit", "strength"): "edit_strength", ("upscale", "strength"): "upscale_strength",
-               ("inpaint", "mask_blur"): "mask_blur", ("inpaint", "padding"): "padding"}  # saved defaults
+SETTING_FOR = OPTION_SETTINGS  # the task options whose defaults the settings keep
 
 
 def option_control(opt: Option, value: Any, choices: list[Any] | None = None, elem_id: str | None = None) -> Any:
