@@ -5,6 +5,8 @@
     for i in 1..r:  s_i = RMSNorm(Core(W_u [s_{i-1}, e], c_i)),   c_i = c + emb(i)
     v = Coda([s_r, e], c)                                          (long skip, 2 windowed attention blocks)
 
+With `position_embedding`, e also gets `gain * sincos(cell centre / grid side)` after the patch embedding.
+
 `c = MLP(sinusoid(t)) + proj(pooled text)` drives adaLN everywhere; adaLN-single in the core shares one
 modulation projection per iteration across its layers, each layer adding its own offsets, and every
 residual branch is gated by an adaLN-Zero gate that starts at zero.
@@ -22,6 +24,23 @@ from torch import nn
 from ..config import GeneratorConfig
 from .grfm import GRFM
 from .layers import MLP, CrossAttention, RMSNorm, ScaleShiftTable, TimestepEmbedder, add_gated, modulate
+
+
+def grid_sincos(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """A fixed 2D sin-cos embedding [h, w, dim] of each cell's centre as a fraction of the grid side.
+
+    The first half of the channels encodes the row, the second the column, each as sin and cos of
+    dim // 4 frequencies from 1/2 to 16 cycles per side; unused channels (dim not divisible by 4) are zero.
+    """
+    q = dim // 4
+    freqs = 0.5 * 32.0 ** (torch.arange(q, device=device, dtype=torch.float32) / max(q - 1, 1))
+
+    def axis(n: int) -> torch.Tensor:  # [n, 2q]
+        angle = 2 * torch.pi * ((torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n)[:, None] * freqs
+        return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+    rows, cols = axis(h)[:, None, :].expand(h, w, 2 * q), axis(w)[None, :, :].expand(h, w, 2 * q)
+    return F.pad(torch.cat([rows, cols], dim=-1), (0, dim - 4 * q))
 
 
 @dataclass
@@ -161,6 +180,8 @@ class IrisGenerator(nn.Module):
         self.config = cfg
         d, p, c = cfg.dim, cfg.patch_size, cfg.latent_channels
         self.patch_embed = nn.Conv2d(c, d, p, stride=p)
+        # zero gain: a model given the embedding behaves exactly as before until it learns to use it
+        self.pos_gain = nn.Parameter(torch.zeros(d)) if cfg.position_embedding else None
         self.t_embed = TimestepEmbedder(d)
         self.text_proj = nn.Linear(cfg.text_dim, d)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes else None
@@ -196,6 +217,8 @@ class IrisGenerator(nn.Module):
         if residual is not None:
             x = x + residual
         x = x.permute(0, 2, 3, 1)
+        if self.pos_gain is not None:
+            x = x + self.pos_gain * grid_sincos(x.shape[1], x.shape[2], x.shape[3], x.device).to(x.dtype)
         for block in self.prelude:
             x = block(x, c)
         return x

@@ -13,6 +13,9 @@ A student that shares everything but its generator with a sibling folder (a dist
 
 writes only config.json (with `shares`) and generator.safetensors; every file identical to the sibling's
 (VAE, text encoder, preview decoder, adapters) is read from there. A part that differs is refused.
+
+`--position-embedding` gives the base's generator the grid position embedding (`GeneratorConfig.
+position_embedding`) with its gain at zero: the folder generates exactly as before until it is trained.
 """
 
 from __future__ import annotations
@@ -27,8 +30,26 @@ from ..errors import IrisError, ModelLoadError
 from ..pipeline import IrisPipeline
 
 
-def assemble(base: str, vae: str | None, adapters: list[str], out: str, dtype: torch.dtype | None) -> Path:
+def add_position_embedding(pipe: IrisPipeline) -> None:
+    """Rebuild `pipe`'s generator with the grid position embedding, gain zero, every other weight kept."""
+    from ..models.generator import IrisGenerator
+
+    if pipe.config.generator.position_embedding:
+        raise ModelLoadError("the generator already has a position embedding")
+    pipe.config.generator.position_embedding = True
+    old = pipe.generator
+    new = IrisGenerator(pipe.config.generator).to(next(old.parameters()).dtype)
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if set(missing) != {"pos_gain"} or unexpected:
+        raise ModelLoadError(f"unexpected generator weights: missing {missing}, unexpected {unexpected}")
+    pipe.generator = new.eval()
+
+
+def assemble(base: str, vae: str | None, adapters: list[str], out: str, dtype: torch.dtype | None,
+             position_embedding: bool = False) -> Path:
     pipe = IrisPipeline.from_pretrained(base)
+    if position_embedding:
+        add_position_embedding(pipe)
     if vae:
         other = IrisPipeline.from_pretrained(vae)
         if other.config.vae.channels != pipe.config.vae.channels:
@@ -86,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shares", help="a sibling model folder: write only the base's generator and config, sharing "
                    "the rest with it")
     p.add_argument("--name", default="", help="with --shares: the model's name")
+    p.add_argument("--position-embedding", action="store_true",
+                   help="add the grid position embedding to the base's generator, gain zero (see above)")
     p.add_argument("--steps", type=int, help="with --shares: the default sampler steps")
     p.add_argument("--iterations", type=int, help="with --shares: the default core iterations")
     args = p.parse_args(argv)
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.shares:
             path = assemble_student(args.base, args.shares, args.out, args.name, args.steps, args.iterations, dtype)
         else:
-            path = assemble(args.base, args.vae, args.adapters, args.out, dtype)
+            path = assemble(args.base, args.vae, args.adapters, args.out, dtype, args.position_embedding)
     except IrisError as err:
         print(f"assemble: {err}", file=sys.stderr)
         return 2
