@@ -227,3 +227,39 @@ def test_window_partition_round_trip(hw, ws):
     assert win.shape[1:] == (ws * ws, 6)
     assert padded[0] % ws == 0 and padded[1] % ws == 0
     assert torch.equal(window_merge(win, 2, hw, padded, ws), x)
+
+
+def test_grid_sincos_marks_every_cell_apart_on_any_grid():
+    from iris.models.generator import grid_sincos
+
+    for h, w, d in [(8, 8, 192), (3, 5, 16), (16, 4, 18)]:
+        pe = grid_sincos(h, w, d)
+        assert pe.shape == (h, w, d) and pe.abs().max() <= 1.0
+        flat = pe.reshape(h * w, d)
+        assert torch.cdist(flat, flat).add(torch.eye(h * w) * 9).min() > 0.1  # no two cells alike
+        assert torch.equal(pe[..., 4 * (d // 4):], torch.zeros(h, w, d - 4 * (d // 4)))
+    # places are fractions of the side: cell (0, 0) of a 3 x 3 grid and (1, 1) of a 9 x 9 one share a centre
+    assert torch.allclose(grid_sincos(3, 3, 16)[0, 0], grid_sincos(9, 9, 16)[1, 1], atol=1e-5)
+    assert not torch.allclose(grid_sincos(3, 3, 16)[0, 0], grid_sincos(9, 9, 16)[0, 0], atol=1e-2)
+
+
+def test_position_embedding_starts_as_a_no_op_and_learns():
+    plain, placed = make_gen(seed=3), make_gen(seed=3, position_embedding=True, std=None)
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["pos_gain"] and not unexpected
+    z, t = make_inputs(2, (4, 4))
+    text = make_text(2)
+    with torch.no_grad():
+        assert torch.equal(run(plain, z, t, text, 2), run(placed, z, t, text, 2))
+    out = run(placed, z, t, text, 2)
+    out.square().mean().backward()
+    assert placed.pos_gain.grad is not None and placed.pos_gain.grad.abs().sum() > 0
+    with torch.no_grad():
+        placed.pos_gain.fill_(0.5)
+        moved = run(placed, z, t, text, 2)
+    assert not torch.allclose(moved, run(plain, z, t, text, 2).detach())
+    # a uniform latent now gives different velocities on the left and right
+    flat = torch.zeros(1, 4, 4, 4)
+    with torch.no_grad():
+        v = run(placed, flat, t[:1], make_text(1), 2)
+    assert not torch.allclose(v[..., :2], v[..., 2:].flip(-1), atol=1e-4)

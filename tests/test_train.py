@@ -629,3 +629,22 @@ def test_trajectory_distillation_without_a_cache_solves_the_teacher_online(base_
                   distill_teacher_steps=2)
     history = Trainer(cfg).train()
     assert len(history) == 3 and all(np.isfinite(h["traj"]) and h["traj"] > 0 for h in history)
+
+
+def test_assemble_adds_a_position_embedding_that_changes_nothing_until_trained(base_model, tmp_path):
+    from iris.errors import ModelLoadError
+    from iris.hub import load_weights
+    from iris.train.assemble import add_position_embedding, assemble
+
+    out = assemble(str(base_model), None, [], str(tmp_path / "placed"), None, position_embedding=True)
+    before, after = IrisPipeline.from_pretrained(base_model), IrisPipeline.from_pretrained(out)
+    assert after.config.generator.position_embedding and torch.equal(after.generator.pos_gain,
+                                                                     torch.zeros_like(after.generator.pos_gain))
+    a, b = (np.asarray(p.generate("a cat on the left", steps=2, iterations=2, seed=1,
+                                  preview_fraction=None).images[0]) for p in (before, after))
+    assert np.array_equal(a, b)
+    with pytest.raises(ModelLoadError, match="already"):
+        add_position_embedding(after)
+    # a folder whose config asks for the embedding but whose weights lack it is refused, not half-loaded
+    with pytest.raises(ModelLoadError, match="pos_gain"):
+        load_weights(after.generator, Path(base_model) / "generator.safetensors")
