@@ -276,3 +276,17 @@ def test_cli_export_plumbing(monkeypatch, tmp_path, capsys):
     assert calls == dict(model="iris-nano", out=str(out), resolutions=["128", "64x32"], fp16=True, opset=17)
     assert "manifest.json" in capsys.readouterr().out
     assert main(["export", str(out), "--model", "nano", "--resolution", "12x"]) == 2
+
+
+def test_position_embedded_generator_exports_and_matches(nano_pipe, tmp_path):
+    import copy
+
+    from iris.train.assemble import add_position_embedding
+
+    pipe = copy.deepcopy(nano_pipe)
+    add_position_embedding(pipe)
+    with torch.no_grad():
+        pipe.generator.pos_gain.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    export_onnx(pipe, tmp_path / "placed", resolutions=["64x64"])
+    diffs = check_export(pipe, tmp_path / "placed", "64x64", prompt="a cat on the left")
+    assert diffs.pop("text_mask_equal") == 1.0 and max(diffs.values()) < GRAPH_TOL, diffs
