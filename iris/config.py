@@ -70,7 +70,7 @@ class GeneratorConfig:
     text_dim: int = 768
     num_classes: int = 0  # >0 adds a class embedding (class-conditional stage)
     # a fixed 2D sin-cos embedding of each cell's place on the grid (as a fraction of the grid, so any grid
-    # size), scaled per channel by a learned gain that starts at zero; lets cross-attention bind "on the left"
+    # size), through a learned linear map that starts at zero; lets cross-attention bind "on the left"
     position_embedding: bool = False
     # GRFM
     afno_blocks: int = 8

@@ -246,16 +246,16 @@ def test_grid_sincos_marks_every_cell_apart_on_any_grid():
 def test_position_embedding_starts_as_a_no_op_and_learns():
     plain, placed = make_gen(seed=3), make_gen(seed=3, position_embedding=True, std=None)
     missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["pos_gain"] and not unexpected
+    assert missing == ["pos_proj.weight"] and not unexpected
     z, t = make_inputs(2, (4, 4))
     text = make_text(2)
     with torch.no_grad():
         assert torch.equal(run(plain, z, t, text, 2), run(placed, z, t, text, 2))
     out = run(placed, z, t, text, 2)
     out.square().mean().backward()
-    assert placed.pos_gain.grad is not None and placed.pos_gain.grad.abs().sum() > 0
+    assert placed.pos_proj.weight.grad is not None and placed.pos_proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        placed.pos_gain.fill_(0.5)
+        placed.pos_proj.weight.normal_(0.0, 0.3)
         moved = run(placed, z, t, text, 2)
     assert not torch.allclose(moved, run(plain, z, t, text, 2).detach())
     # a uniform latent now gives different velocities on the left and right

@@ -638,13 +638,12 @@ def test_assemble_adds_a_position_embedding_that_changes_nothing_until_trained(b
 
     out = assemble(str(base_model), None, [], str(tmp_path / "placed"), None, position_embedding=True)
     before, after = IrisPipeline.from_pretrained(base_model), IrisPipeline.from_pretrained(out)
-    assert after.config.generator.position_embedding and torch.equal(after.generator.pos_gain,
-                                                                     torch.zeros_like(after.generator.pos_gain))
+    assert after.config.generator.position_embedding and not after.generator.pos_proj.weight.any()
     a, b = (np.asarray(p.generate("a cat on the left", steps=2, iterations=2, seed=1,
                                   preview_fraction=None).images[0]) for p in (before, after))
     assert np.array_equal(a, b)
     with pytest.raises(ModelLoadError, match="already"):
         add_position_embedding(after)
     # a folder whose config asks for the embedding but whose weights lack it is refused, not half-loaded
-    with pytest.raises(ModelLoadError, match="pos_gain"):
+    with pytest.raises(ModelLoadError, match="pos_proj"):
         load_weights(after.generator, Path(base_model) / "generator.safetensors")

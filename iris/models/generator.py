@@ -5,7 +5,7 @@
     for i in 1..r:  s_i = RMSNorm(Core(W_u [s_{i-1}, e], c_i)),   c_i = c + emb(i)
     v = Coda([s_r, e], c)                                          (long skip, 2 windowed attention blocks)
 
-With `position_embedding`, e also gets `gain * sincos(cell centre / grid side)` after the patch embedding.
+With `position_embedding`, e also gets `W_pos sincos(cell centre / grid side)` after the patch embedding.
 
 `c = MLP(sinusoid(t)) + proj(pooled text)` drives adaLN everywhere; adaLN-single in the core shares one
 modulation projection per iteration across its layers, each layer adding its own offsets, and every
@@ -180,8 +180,10 @@ class IrisGenerator(nn.Module):
         self.config = cfg
         d, p, c = cfg.dim, cfg.patch_size, cfg.latent_channels
         self.patch_embed = nn.Conv2d(c, d, p, stride=p)
-        # zero gain: a model given the embedding behaves exactly as before until it learns to use it
-        self.pos_gain = nn.Parameter(torch.zeros(d)) if cfg.position_embedding else None
+        # W_pos starts at zero: a model given the embedding behaves exactly as before until it learns to use it
+        self.pos_proj = nn.Linear(d, d, bias=False) if cfg.position_embedding else None
+        if self.pos_proj is not None:
+            nn.init.zeros_(self.pos_proj.weight)
         self.t_embed = TimestepEmbedder(d)
         self.text_proj = nn.Linear(cfg.text_dim, d)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes else None
@@ -217,8 +219,8 @@ class IrisGenerator(nn.Module):
         if residual is not None:
             x = x + residual
         x = x.permute(0, 2, 3, 1)
-        if self.pos_gain is not None:
-            x = x + self.pos_gain * grid_sincos(x.shape[1], x.shape[2], x.shape[3], x.device).to(x.dtype)
+        if self.pos_proj is not None:
+            x = x + self.pos_proj(grid_sincos(x.shape[1], x.shape[2], x.shape[3], x.device).to(x.dtype))
         for block in self.prelude:
             x = block(x, c)
         return x

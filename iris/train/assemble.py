@@ -15,7 +15,7 @@ writes only config.json (with `shares`) and generator.safetensors; every file id
 (VAE, text encoder, preview decoder, adapters) is read from there. A part that differs is refused.
 
 `--position-embedding` gives the base's generator the grid position embedding (`GeneratorConfig.
-position_embedding`) with its gain at zero: the folder generates exactly as before until it is trained.
+position_embedding`) with its map at zero: the folder generates exactly as before until it is trained.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..pipeline import IrisPipeline
 
 
 def add_position_embedding(pipe: IrisPipeline) -> None:
-    """Rebuild `pipe`'s generator with the grid position embedding, gain zero, every other weight kept."""
+    """Rebuild `pipe`'s generator with the grid position embedding, map zero, every other weight kept."""
     from ..models.generator import IrisGenerator
 
     if pipe.config.generator.position_embedding:
@@ -40,7 +40,7 @@ def add_position_embedding(pipe: IrisPipeline) -> None:
     old = pipe.generator
     new = IrisGenerator(pipe.config.generator).to(next(old.parameters()).dtype)
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    if set(missing) != {"pos_gain"} or unexpected:
+    if set(missing) != {"pos_proj.weight"} or unexpected:
         raise ModelLoadError(f"unexpected generator weights: missing {missing}, unexpected {unexpected}")
     pipe.generator = new.eval()
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                    "the rest with it")
     p.add_argument("--name", default="", help="with --shares: the model's name")
     p.add_argument("--position-embedding", action="store_true",
-                   help="add the grid position embedding to the base's generator, gain zero (see above)")
+                   help="add the grid position embedding to the base's generator, map zero (see above)")
     p.add_argument("--steps", type=int, help="with --shares: the default sampler steps")
     p.add_argument("--iterations", type=int, help="with --shares: the default core iterations")
     args = p.parse_args(argv)
