@@ -228,7 +228,7 @@ class IrisCore:
         return parts
 
     def unknown_words(self, prompt: str) -> list[str]:
-        """Words of `prompt` the model's text encoder does not know (they all become one unknown token);
+        """Words of `prompt` the model's text encoder does not know (they are left out of its input);
         always empty for an open vocabulary such as CLIP's."""
         return self.text_encoder.unknown_words(check_prompt(prompt))
 

@@ -282,9 +282,7 @@ def export_onnx(pipe: Any, out_dir: str | Path, resolutions: Iterable[Any] | Non
     gen = exportable_generator(pipe.generator, scan_chunk)
     vae = copy.deepcopy(pipe.vae).float().cpu().eval()
     text_encoder = copy.deepcopy(pipe.text_encoder).float().cpu().eval()
-    from .models.text import tokenize
-
-    ids = tokenize(["a red apple on a blue background", ""], cfg.text.max_length)
+    ids = text_encoder.token_ids(["a red apple on a blue background", ""])
     files: dict[str, Path] = {}
     with _export_mode():
         cond = text_encoder(ids)
@@ -329,7 +327,9 @@ def export_onnx(pipe: Any, out_dir: str | Path, resolutions: Iterable[Any] | Non
         "design": "piecewise generator: embed once per NFE, iterate r times (iteration index is an input; "
                   "one copy of the shared core), decode once; classifier-free guidance as batch 2",
         "text": {"kind": cfg.text.kind, "max_length": cfg.text.max_length, "dim": cfg.text.dim,
-                 "vocab_file": VOCAB_FILE, "sot": SOT, "eot": EOT, "tokenizer": "open_clip SimpleTokenizer (lower)"},
+                 "vocab_file": VOCAB_FILE, "sot": SOT, "eot": EOT, "tokenizer": "open_clip SimpleTokenizer (lower)",
+                 # a compact vocabulary: only these ids reach the encoder, every other token is left out
+                 "known_ids": sorted(known) if (known := pipe.text_encoder.known_ids()) is not None else None},
         "generator": {"dim": g.dim, "core_layers": g.core_layers, "max_iterations": g.max_iterations,
                       "state_init_std": g.state_init_std, "patch_size": g.patch_size, "fourier_impl": "dft",
                       "scan_method": "matrix", "scan_chunk": gen.config.scan_chunk},
@@ -385,9 +385,7 @@ def check_export(pipe: Any, folder: str | Path, resolution: str | None = None, p
     out: dict[str, float] = {}
     with torch.inference_mode():
         tokens, mask = runner.encode_text([prompt, negative_prompt])
-        from .models.text import tokenize
-
-        ref = pipe.text_encoder(tokenize([prompt, negative_prompt], pipe.config.text.max_length).to(pipe.device))
+        ref = pipe.text_encoder(pipe.text_encoder.token_ids([prompt, negative_prompt]).to(pipe.device))
         out["text_encoder"] = diff(tokens, ref.tokens)
         out["text_mask_equal"] = float(np.array_equal(mask, ref.mask.cpu().numpy()))
         text = TextCondition(ref.tokens, ref.mask)

@@ -165,10 +165,11 @@ class BPETokenizer:
             ids.extend(self.encoder[t] for t in self._bpe(token).split(" "))
         return ids
 
-    def __call__(self, prompts: list[str], length: int) -> np.ndarray:
+    def __call__(self, prompts: list[str], length: int, known: frozenset[int] | None = None) -> np.ndarray:
+        """Ids [B, length]; `known` (a compact vocabulary): every other token is left out before truncating."""
         out = np.zeros((len(prompts), length), dtype=np.int64)
         for row, prompt in enumerate(prompts):
-            ids = [self.sot] + self.encode(prompt) + [self.eot]
+            ids = [self.sot] + [i for i in self.encode(prompt) if known is None or i in known] + [self.eot]
             if len(ids) > length:
                 ids = ids[:length]
                 ids[-1] = self.eot
@@ -235,6 +236,8 @@ class OnnxIris:
         self._sessions: dict[str, Any] = {}
         text = self.manifest["text"]
         self.tokenizer = BPETokenizer(self.folder / text["vocab_file"])
+        known = text.get("known_ids")  # older exports: None (every token reaches the encoder)
+        self._known_ids = frozenset(int(i) for i in known) if known is not None else None
         self.timings: dict[str, float] = {}
 
     # -- graphs
@@ -259,7 +262,7 @@ class OnnxIris:
 
     def encode_text(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompts -> per-token states [B, L, Dt] float32 and validity mask [B, L] bool."""
-        ids = self.tokenizer(prompts, self.manifest["text"]["max_length"])
+        ids = self.tokenizer(prompts, self.manifest["text"]["max_length"], self._known_ids)
         tokens, mask = self.session("text_encoder").run(None, {"ids": ids})
         return tokens, mask
 

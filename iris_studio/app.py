@@ -177,8 +177,8 @@ class Studio:
         known = self.engine.pipe.known_words() or []
         words = ", ".join(f"**{w}**" for w in unknown[:12]) + (" …" if len(unknown) > 12 else "")
         listing = ", ".join(known)
-        return (f"⚠️ Not in this model's vocabulary: {words}. Each becomes one unknown token, so it means "
-                f"nothing to the model.\n\n<details><summary>Words this model knows ({len(known)})</summary>"
+        return (f"⚠️ Not in this model's vocabulary: {words}. The model leaves them out, "
+                f"so they change nothing.\n\n<details><summary>Words this model knows ({len(known)})</summary>"
                 f"\n\n{listing}\n\n</details>")
 
     def budget_md(

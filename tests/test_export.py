@@ -155,6 +155,9 @@ def test_tokenizer_and_timesteps_match_the_engine():
     ours = BPETokenizer(default_bpe())
     for length in (32, 77):
         assert np.array_equal(ours(prompts, length), tokenize(prompts, length).numpy())
+    known = frozenset(ours(["a red apple on a blue background, two cats"], 32)[0].tolist()) - {0}
+    for length in (8, 32):  # a compact vocabulary leaves the same tokens out
+        assert np.array_equal(ours(prompts, length, known), tokenize(prompts, length, known).numpy())
     for steps, shift in [(1, 1.0), (4, 1.0), (7, 3.0)]:
         assert np.allclose(flow_timesteps(steps, shift), torch_timesteps(steps, shift), atol=1e-12)
 

@@ -212,3 +212,27 @@ def test_compact_vocabulary_names_the_words_it_does_not_know():
     assert enc.known_words() == sorted(["a", "red", "apple", "on", "blue", "background", "sunny"])
     full = TinyTextEncoder(TextConfig(kind="tiny", dim=16, max_length=16, layers=1, heads=2))
     assert full.unknown_words("a kitten on a beach") == [] and full.known_words() is None
+
+
+def test_words_outside_a_compact_vocabulary_are_left_out():
+    from iris.models.text import clip_tokenizer
+
+    tok = clip_tokenizer()
+    known_words = "a red apple on blue background"
+    kept = sorted({SOT, EOT, *tok.encode(known_words)})
+    enc = tiny(vocab=kept)
+    # the unknown words vanish and the known ones keep their order, as if they had never been typed
+    ids = enc.token_ids(["draw a red apple; make it on plain blue background", known_words])
+    assert torch.equal(ids[0], ids[1])
+    assert enc.unknown_words("draw a red apple; make it on plain blue background") == ["draw", "make", "it",
+                                                                                         "plain"]
+    with torch.no_grad():
+        a, b = enc.encode(["zebra a red apple", "a red apple"]).tokens.unbind(0)
+    assert torch.equal(a, b)
+    # only unknown words: start and end alone; and truncation keeps the end token
+    assert enc.token_ids(["zebra"])[0, :3].tolist() == [SOT, EOT, 0]
+    long = enc.token_ids(["zebra " * 100 + "a red apple " * 20])
+    assert long[0, -1] == EOT and long[0, 1] == tok.encode("a")[0]
+    # an open vocabulary keeps every token
+    full = tiny()
+    assert torch.equal(full.token_ids(["zebra a red apple"]), tokenize(["zebra a red apple"], 16))

@@ -28,9 +28,21 @@ def clip_tokenizer():
     return SimpleTokenizer()
 
 
-def tokenize(prompts: list[str], length: int) -> torch.Tensor:
-    """Prompts -> open_clip token ids [B, length] (start/end tokens added, truncated, zero padded)."""
-    return clip_tokenizer()(prompts, context_length=length)
+def tokenize(prompts: list[str], length: int, known: frozenset[int] | None = None) -> torch.Tensor:
+    """Prompts -> open_clip token ids [B, length] (start/end tokens added, truncated, zero padded).
+
+    known: with a compact vocabulary, the ids it holds; every other token is left out before truncating (the
+    model never learned one for it, and leaving it out keeps the known words where training put them).
+    """
+    if known is None:
+        return clip_tokenizer()(prompts, context_length=length)
+    tok, out = clip_tokenizer(), torch.zeros(len(prompts), length, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids = [SOT] + [i for i in tok.encode(prompt) if i in known] + [EOT]
+        if len(ids) > length:
+            ids = ids[: length - 1] + [EOT]
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 def padding_mask(ids: torch.Tensor) -> torch.Tensor:
@@ -45,19 +57,27 @@ class TextEncoder(nn.Module):
 
     config: TextConfig
 
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> the ids [B, max_length] `forward` takes (words outside a compact vocabulary left out)."""
+        return tokenize(prompts, self.config.max_length, self.known_ids())
+
     def encode(self, prompts: list[str]) -> TextCondition:
-        raise NotImplementedError
+        return self(self.token_ids(prompts).to(self.device))
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def known_ids(self) -> frozenset[int] | None:
+        """The token ids the encoder learned, when it has a compact vocabulary; None for an open one (CLIP)."""
+        return None
 
     def known_words(self) -> list[str] | None:
         """The whole words the encoder has its own tokens for, sorted; None for an open vocabulary (CLIP)."""
         return None
 
     def unknown_words(self, prompt: str) -> list[str]:
-        """The words of `prompt` (in order, each once) that the encoder only sees as an unknown token."""
+        """The words of `prompt` (in order, each once) the encoder has no token for (left out of its input)."""
         return []
 
 
@@ -123,6 +143,10 @@ class TinyTextEncoder(TextEncoder):
     def _is_known(self, token_id: int) -> bool:
         return bool(self.lookup[token_id] != 1)
 
+    def known_ids(self) -> frozenset[int] | None:
+        """The open_clip ids of the compact vocabulary (with the start and end tokens); None for the full one."""
+        return frozenset(self.config.vocab) | {SOT, EOT} if self.config.vocab else None
+
     def known_words(self) -> list[str] | None:
         if not self.config.vocab:
             return None
@@ -149,8 +173,6 @@ class TinyTextEncoder(TextEncoder):
         x = self.transformer(x, src_key_padding_mask=~mask)
         return TextCondition(self.norm(x), mask)
 
-    def encode(self, prompts: list[str]) -> TextCondition:
-        return self(tokenize(prompts, self.config.max_length).to(self.device))
 
 
 class ClipTextEncoder(TextEncoder):
@@ -208,9 +230,6 @@ class ClipTextEncoder(TextEncoder):
     def forward(self, ids: torch.Tensor) -> TextCondition:
         _, tokens = self.model(ids)
         return TextCondition(tokens, padding_mask(ids))
-
-    def encode(self, prompts: list[str]) -> TextCondition:
-        return self(tokenize(prompts, self.config.max_length).to(self.device))
 
 
 def build_text_encoder(cfg: TextConfig, half_weights: bool = False) -> TextEncoder:
