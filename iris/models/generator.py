@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,10 @@ from .grfm import GRFM
 from .layers import MLP, CrossAttention, RMSNorm, ScaleShiftTable, TimestepEmbedder, add_gated, modulate
 
 
+@lru_cache(maxsize=16)
 def grid_sincos(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """A fixed 2D sin-cos embedding [h, w, dim] of each cell's centre as a fraction of the grid side.
+    """A fixed 2D sin-cos embedding [h, w, dim] of each cell's centre as a fraction of the grid side (cached
+    per grid; do not modify the returned tensor).
 
     The first half of the channels encodes the row, the second the column, each as sin and cos of
     dim // 4 frequencies from 1/2 to 16 cycles per side; unused channels (dim not divisible by 4) are zero.

@@ -139,13 +139,14 @@ class TinyTextEncoder(TextEncoder):
         lookup[0] = 0
         lookup[torch.tensor(vocab, dtype=torch.long)] = torch.arange(2, len(vocab) + 2)
         self.lookup = lookup
+        self._known_ids = frozenset(self.config.vocab) | {SOT, EOT} if self.config.vocab else None
 
     def _is_known(self, token_id: int) -> bool:
         return bool(self.lookup[token_id] != 1)
 
     def known_ids(self) -> frozenset[int] | None:
         """The open_clip ids of the compact vocabulary (with the start and end tokens); None for the full one."""
-        return frozenset(self.config.vocab) | {SOT, EOT} if self.config.vocab else None
+        return self._known_ids
 
     def known_words(self) -> list[str] | None:
         if not self.config.vocab:
