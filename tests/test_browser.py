@@ -52,6 +52,26 @@ def page(app):
         browser.close()
 
 
+def open_studio(page, url: str) -> None:
+    """Load the page and wait until gradio has mounted the Generate tab's controls and both image panes (the
+    prompt box can appear before the panes do)."""
+    page.goto(url)
+    for selector in ("#generate-prompt textarea", "#generate-run", "#generate-preview", "#generate-result"):
+        page.wait_for_selector(selector, state="attached")
+
+
+def watch_images(page, selector: str, key: str) -> None:
+    """Record in ``window[key]`` every distinct src the image under ``selector`` shows from now on. The observer
+    watches the whole page, so it survives gradio mounting or re-rendering the component."""
+    page.evaluate("""([selector, key]) => {
+        window[key] = [];
+        const seen = () => { const img = document.querySelector(selector + ' img');
+            const list = window[key];
+            if (img && img.src && list[list.length - 1] !== img.src) list.push(img.src); };
+        new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true});
+    }""", [selector, key])
+
+
 def fetch_image(page, selector: str) -> Image.Image:
     src = page.get_attribute(f"{selector} img", "src")
     return Image.open(io.BytesIO(page.request.get(src).body()))
@@ -61,17 +81,9 @@ def test_generate_shows_changing_previews_then_the_result(app, page):
     studio, base = app
     shots = base / "screenshots"
     shots.mkdir(exist_ok=True)
-    page.goto(studio.url)
-    page.wait_for_selector("#generate-prompt textarea")
+    open_studio(page, studio.url)
     page.screenshot(path=str(shots / "0-start.png"))
-    # record every preview image the page shows
-    page.evaluate("""() => {
-        window.__previews = [];
-        const root = document.querySelector('#generate-preview');
-        const seen = () => { const img = root.querySelector('img'); if (img && img.src &&
-            window.__previews[window.__previews.length - 1] !== img.src) window.__previews.push(img.src); };
-        new MutationObserver(seen).observe(root, {subtree: true, childList: true, attributes: true});
-    }""")
+    watch_images(page, "#generate-preview", "__previews")  # every preview image the page shows
     page.fill("#generate-prompt textarea", "a red apple on a blue background")
     page.click("#generate-run")
     page.wait_for_selector('#generate-status [data-state="done"]')
@@ -147,7 +159,7 @@ def test_clear_mask_after_errors_keeps_the_image_and_new_strokes(app, page):
     be the mask the next run uses (the old one gone)."""
     studio, base = app
     shots = base / "screenshots"
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.get_by_role("tab", name="Inpaint").click()
     page.wait_for_selector("#inpaint-run")
     page.click("#inpaint-run")
@@ -185,8 +197,7 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
     studio, base = app
     shots = base / "screenshots"
     shots.mkdir(exist_ok=True)
-    page.goto(studio.url)
-    page.wait_for_selector("#generate-prompt textarea")
+    open_studio(page, studio.url)
     page.fill("#generate-prompt textarea", "a red apple on a blue background")
     page.click("#grid-panel button")  # the accordion's header opens it
     for box in ("#grid-iterations", "#grid-steps"):
@@ -194,13 +205,7 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
         field.fill("1,2")
         field.press("Tab")  # the textbox hands its value to the app when it loses focus
     page.wait_for_timeout(500)
-    page.evaluate("""() => {
-        window.__grids = [];
-        const root = document.querySelector('#grid-image');
-        new MutationObserver(() => { const img = root.querySelector('img');
-            if (img && img.src && window.__grids[window.__grids.length - 1] !== img.src) window.__grids.push(img.src);
-        }).observe(root, {subtree: true, childList: true, attributes: true});
-    }""")
+    watch_images(page, "#grid-image", "__grids")
     page.click("#grid-run")
     page.wait_for_selector('#grid-status [data-state="done"]', timeout=120_000)
     page.screenshot(path=str(shots / "4-grid.png"), full_page=True)
@@ -213,8 +218,7 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
 
 def test_ctrl_enter_runs_the_open_tab_and_dark_mode_toggles(app, page):
     studio, base = app
-    page.goto(studio.url)
-    page.wait_for_selector("#generate-prompt textarea")
+    open_studio(page, studio.url)
     page.fill("#generate-prompt textarea", "a green apple")
     page.focus("#generate-negative textarea, #generate-negative input")
     page.keyboard.press("Control+Enter")
@@ -230,7 +234,7 @@ def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
     """Typing 256 into Width sends 2, then 25, then 256: none of them may raise an error badge, and the budget
     line names the size the run will use, with the rounding said out loud."""
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.wait_for_selector("#generate-width input[type=number]")
     box = page.locator("#generate-width input[type=number]")
     box.fill("")
@@ -248,7 +252,7 @@ def test_typing_a_size_shows_no_error_and_the_line_says_the_size(app, page):
 
 def test_batch_count_shows_a_grid_and_saves_each_seed(app, page):
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.wait_for_selector("#generate-batch input[type=number]")
     page.fill("#generate-prompt textarea", "a batch of three")
     page.fill("#generate-seed input", "7")
@@ -267,7 +271,7 @@ def test_batch_count_shows_a_grid_and_saves_each_seed(app, page):
 def test_upscale_budget_line_follows_the_image_and_the_scale(app, page):
     """The time estimate of an upscale is for its output: the input's size times the scale."""
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.get_by_role("tab", name="Upscale").click()
     small = base / "small-64x48.png"
     Image.new("RGB", (64, 48), "purple").save(small)
@@ -290,7 +294,7 @@ def test_upscale_estimate_counts_both_passes_and_the_strength(app, page):
     """After a measured run, the upscale estimate at 4x (a 2x pass, then a 2x pass on four times the pixels)
     is several times the 2x one, and at strength 0 (the pixel upscaler alone) it drops to the fixed cost."""
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.fill("#generate-prompt textarea", "a red apple")
     page.click("#generate-run")  # measures the speed the estimates scale
     page.wait_for_selector('#generate-status [data-state="done"]', timeout=60_000)
@@ -318,7 +322,7 @@ def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
     """The Control tab's editor opens ready for an upload (a click there does not draw a dot on a white page);
     "Blank canvas" gives a page to draw on; an uploaded image shows its control map."""
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.get_by_role("tab", name="Control").click()
     page.wait_for_selector("#control-editor")
     text = page.inner_text("#control-editor").lower()
@@ -330,7 +334,7 @@ def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
     image = base / "control-input.png"
     Image.open(os.path.join(os.path.dirname(__file__), "..", "assets", "examples", "apple.png")).convert(
         "RGB").save(image)
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.get_by_role("tab", name="Control").click()
     page.set_input_files("#control-editor input[type=file]", str(image))
     page.wait_for_selector("#control-preview img", timeout=60_000)
@@ -339,8 +343,7 @@ def test_control_opens_on_upload_and_offers_a_blank_canvas(app, page):
 
 def test_gallery_captions_wrap_instead_of_being_cut(app, page):
     studio, base = app
-    page.goto(studio.url)
-    page.wait_for_selector("#generate-prompt textarea")
+    open_studio(page, studio.url)
     page.fill("#generate-prompt textarea", "a long prompt: a red apple and a yellow star on a blue background")
     page.click("#generate-run")
     page.wait_for_selector('#generate-status [data-state="done"]', timeout=120_000)
@@ -353,8 +356,7 @@ def test_gallery_captions_wrap_instead_of_being_cut(app, page):
 
 def test_quick_repeated_clicks_queue_one_run_each(app, page):
     studio, base = app
-    page.goto(studio.url)
-    page.wait_for_selector("#generate-prompt textarea")
+    open_studio(page, studio.url)
     page.fill("#generate-prompt textarea", "three clicks")
     before = len(list((base / "outputs").rglob("*.png")))
     for _ in range(3):  # while the first run is still going
@@ -373,7 +375,7 @@ def test_a_failed_model_load_marks_only_the_model_status(app, page):
     """Loading a folder that holds no model says so in a toast and beside the Load button; the header and the
     other outputs keep no red error badge, and the loaded model stays."""
     studio, base = app
-    page.goto(studio.url)
+    open_studio(page, studio.url)
     page.get_by_role("tab", name="Settings").click()
     page.get_by_label("Local folder").check()
     page.locator("#settings-location textarea, #settings-location input").first.fill("/no/such/model")
@@ -402,7 +404,7 @@ def test_login_page_logs_in_and_the_studio_works(page, tmp_path):
         # a page of its own in the module's browser (one Playwright per process)
         page = page.context.browser.new_page(viewport={"width": 1200, "height": 900})
         page.set_default_timeout(60_000)
-        page.goto(studio.url)
+        page.goto(studio.url)  # the login page, not the studio yet
         page.wait_for_selector("input[type=password]")
         assert not page.query_selector("#generate-prompt textarea")
         page.fill("input[type=text]", "me")

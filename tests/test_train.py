@@ -647,3 +647,30 @@ def test_assemble_adds_a_position_embedding_that_changes_nothing_until_trained(b
     # a folder whose config asks for the embedding but whose weights lack it is refused, not half-loaded
     with pytest.raises(ModelLoadError, match="pos_proj"):
         load_weights(after.generator, Path(base_model) / "generator.safetensors")
+
+
+def test_lr_scales_speed_up_the_named_block_and_resume_exactly(tiny_model, image_folder, tmp_path):
+    data = DataConfig(source="folder", path=str(image_folder), size=32)
+
+    def cfg(out: str, **kw) -> TrainConfig:
+        c = run_cfg(tiny_model, tmp_path / out, "text", data, steps=4, **kw)
+        c.optim.lr_scales = {"generator.final": 10.0}
+        return c
+
+    trainer = Trainer(cfg("a"))
+    scales = {g["lr_scale"] for g in trainer.optimizer.param_groups}
+    assert scales == {1.0, 10.0}
+    for group in trainer.optimizer.param_groups:  # one weight decay and one scale per group
+        assert group["weight_decay"] in (0.0, trainer.cfg.optim.weight_decay)
+    start = {k: p.detach().clone() for k, p in trainer.params.items()}
+    history = trainer.train()
+    step = {k: (p.detach() - start[k]).abs().max().item() for k, p in trainer.params.items()}
+    scaled = [v for k, v in step.items() if k.startswith("generator.final.")]
+    plain = [v for k, v in step.items() if not k.startswith("generator.final.") and v > 0]
+    assert scaled and max(scaled) > 3 * max(plain)
+    first = Trainer(cfg("b", save_every=2))
+    part = first.train(steps=2)
+    del first
+    second = Trainer(cfg("b", save_every=2))
+    assert second.step == 2
+    assert [h["loss"] for h in history] == [h["loss"] for h in part + second.train()]

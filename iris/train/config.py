@@ -43,6 +43,9 @@ class OptimConfig:
     decay: str = "constant"  # constant | cosine
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # parameter-name prefix -> learning-rate multiplier, e.g. {"generator.pos_proj" = 10.0} to let a zero-started
+    # block catch up; the longest matching prefix wins
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

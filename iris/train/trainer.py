@@ -75,6 +75,23 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return param.ndim >= 2 and leaf not in NO_DECAY_LEAVES and not any(e in name for e in NO_DECAY_EMBEDDINGS)
 
 
+def lr_scale(name: str, scales: dict[str, float]) -> float:
+    """The learning-rate multiplier of a parameter: that of the longest prefix of ``name`` in ``scales``, else 1."""
+    hits = [prefix for prefix in scales if name == prefix or name.startswith(prefix + ".")]
+    return float(scales[max(hits, key=len)]) if hits else 1.0
+
+
+def param_groups(named: dict[str, torch.Tensor], optim: Any) -> list[dict]:
+    """AdamW groups, one per (weight decay, lr scale): decayed groups first, then by scale; each lists its
+    parameter ``names`` in ``named``'s order (the optimiser's flat order is these groups' concatenation)."""
+    groups: dict[tuple[bool, float], dict] = {}
+    for name, p in named.items():
+        key = (decays(name, p), lr_scale(name, optim.lr_scales))
+        groups.setdefault(key, {"names": [], "weight_decay": optim.weight_decay if key[0] else 0.0,
+                                "lr_scale": key[1]})["names"].append(name)
+    return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1]))]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -106,13 +123,12 @@ class Trainer:
             for name, p in module.named_parameters()
             if p.requires_grad
         }
-        # decayed parameters first, then the rest: the optimiser's flat parameter order is this dict's order
-        decay = {k: p for k, p in named.items() if decays(k, p)}
-        self.params = {**decay, **{k: p for k, p in named.items() if k not in decay}}
-        groups = [{"params": list(decay.values()), "weight_decay": cfg.optim.weight_decay},
-                  {"params": [p for k, p in self.params.items() if k not in decay], "weight_decay": 0.0}]
+        groups = param_groups(named, cfg.optim)
+        # the optimiser's flat parameter order is this dict's order (checkpoints name optimiser state by it)
+        self.params = {k: named[k] for g in groups for k in g["names"]}
         self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+            [{"params": [named[k] for k in g.pop("names")], **g} for g in groups],
+            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
         )
         self.ema = {k: p.detach().clone() for k, p in self.params.items()}
         if latest is not None:
@@ -263,7 +279,7 @@ class Trainer:
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         rng = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.rank, self.step))
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
         with self.autocast():
             loss, logs = self.model(batch, rng)
         self.optimizer.zero_grad(set_to_none=True)
