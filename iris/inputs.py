@@ -207,8 +207,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
     """A binary mask ("L", 0 or 255) of `size` (w, h); white = region to change.
 
-    Accepts any image mode; alpha-only masks use their alpha. A mask of another size is resized
-    (nearest) to the image's size — the documented correction.
+    Accepts any image mode; alpha-only masks use their alpha. A mask of another size but the same shape
+    (aspect ratio within 2%) is resized (nearest) to the image's size — the documented correction; a mask of
+    another shape is refused, since stretching it would move the region.
     """
     if isinstance(source, Image.Image):
         mask = source
@@ -223,6 +224,10 @@ def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
     else:
         gray = to_rgb(mask).convert("L")
     if gray.size != size:
+        (mw, mh), (w, h) = gray.size, size
+        if abs(mh * w / mw - h) > max(1.0, 0.02 * h):
+            raise InvalidInputError(f"the mask is {mw}x{mh} but the image is {w}x{h}: another shape (a mask is "
+                                    f"resized to the image only when their aspect ratios match)")
         gray = gray.resize(size, Image.Resampling.NEAREST)
     return gray.point(lambda v: 255 if v >= 128 else 0)
 

@@ -549,3 +549,12 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["index.json"]
+
+
+def test_a_mask_of_another_shape_is_refused_not_stretched():
+    mask = np.zeros((64, 32), dtype=np.uint8)  # 32 wide, 64 tall
+    with pytest.raises(InvalidInputError, match="32x64 but the image is 128x128"):
+        open_mask(mask, (128, 128))
+    # the same shape at another size, or one pixel of rounding off, is resized
+    assert open_mask(np.zeros((33, 50), dtype=np.uint8), (100, 67)).size == (100, 67)
+    assert open_mask(np.zeros((64, 64), dtype=np.uint8), (128, 128)).size == (128, 128)
