@@ -225,7 +225,7 @@ def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
         gray = to_rgb(mask).convert("L")
     if gray.size != size:
         (mw, mh), (w, h) = gray.size, size
-        if abs(mh * w / mw - h) > max(1.0, 0.02 * h):
+        if min(mw, mh) < 1 or abs(mh * w - h * mw) > max(1.0, 0.02 * h) * mw:
             raise InvalidInputError(f"the mask is {mw}x{mh} but the image is {w}x{h}: another shape (a mask is "
                                     f"resized to the image only when their aspect ratios match)")
         gray = gray.resize(size, Image.Resampling.NEAREST)

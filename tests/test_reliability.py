@@ -558,3 +558,8 @@ def test_a_mask_of_another_shape_is_refused_not_stretched():
     # the same shape at another size, or one pixel of rounding off, is resized
     assert open_mask(np.zeros((33, 50), dtype=np.uint8), (100, 67)).size == (100, 67)
     assert open_mask(np.zeros((64, 64), dtype=np.uint8), (128, 128)).size == (128, 128)
+
+
+def test_an_empty_mask_array_is_refused_with_a_message():
+    with pytest.raises(InvalidInputError):
+        open_mask(np.zeros((0, 5), dtype=np.uint8), (16, 16))
