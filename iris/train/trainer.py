@@ -28,7 +28,7 @@ from ..config import variant_config
 from ..errors import ModelLoadError
 from ..hub import demo_model_path
 from ..pipeline import IrisPipeline
-from .config import TrainConfig
+from .config import OptimConfig, TrainConfig
 from .data import BatchStream, build_dataset
 from .stages import Stage, build_stage
 
@@ -81,7 +81,7 @@ def lr_scale(name: str, scales: dict[str, float]) -> float:
     return float(scales[max(hits, key=len)]) if hits else 1.0
 
 
-def param_groups(named: dict[str, torch.Tensor], optim: Any) -> list[dict]:
+def param_groups(named: dict[str, torch.Tensor], optim: OptimConfig) -> list[dict]:
     """AdamW groups, one per (weight decay, lr scale): decayed groups first, then by scale; each lists its
     parameter ``names`` in ``named``'s order (the optimiser's flat order is these groups' concatenation)."""
     groups: dict[tuple[bool, float], dict] = {}
@@ -127,7 +127,8 @@ class Trainer:
         # the optimiser's flat parameter order is this dict's order (checkpoints name optimiser state by it)
         self.params = {k: named[k] for g in groups for k in g["names"]}
         self.optimizer = torch.optim.AdamW(
-            [{"params": [named[k] for k in g.pop("names")], **g} for g in groups],
+            [{"params": [named[k] for k in g["names"]], "weight_decay": g["weight_decay"], "lr_scale": g["lr_scale"]}
+             for g in groups],
             lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
         )
         self.ema = {k: p.detach().clone() for k, p in self.params.items()}
