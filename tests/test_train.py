@@ -200,6 +200,16 @@ def test_emoji_source_is_procedural():
     assert not torch.equal(c.batch(0)["image"], a["image"])
 
 
+def test_emoji_source_share_of_two_sprite_scenes():
+    emoji_font_or_skip()
+    pairs = lambda p: sum(len(build_dataset(DataConfig(source="emoji", size=64, emoji_p_two=p)).scenes.plan(i).emoji)
+                          == 2 for i in range(200))
+    assert pairs(0.0) == 0 and pairs(1.0) == 200
+    assert 40 < pairs(0.35) < 100
+    with pytest.raises(ValueError, match="p_two"):
+        build_dataset(DataConfig(source="emoji", size=64, emoji_p_two=float("nan")))
+
+
 def test_buckets_and_stream_determinism(image_folder):
     assert bucket_size(64, 400, 300) == (80, 48) or bucket_size(64, 400, 300)[0] > bucket_size(64, 400, 300)[1]
     assert bucket_size(64, 300, 400)[0] < bucket_size(64, 300, 400)[1]

@@ -519,6 +519,9 @@ class SceneConfig:
             raise ValueError("need 1 <= min_sprites <= max_sprites <= 2")
         if self.size < 16:
             raise ValueError("size must be >= 16")
+        for name in ("p_two", "p_gradient", "p_off_edge"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not (0.0 <= self.heldout_fraction < 1.0):
             raise ValueError("heldout_fraction must be in [0, 1)")
         for lo, hi in (self.single_scale, self.pair_scale):
