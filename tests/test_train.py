@@ -202,8 +202,10 @@ def test_emoji_source_is_procedural():
 
 def test_emoji_source_share_of_two_sprite_scenes():
     emoji_font_or_skip()
-    pairs = lambda p: sum(len(build_dataset(DataConfig(source="emoji", size=64, emoji_p_two=p)).scenes.plan(i).emoji)
-                          == 2 for i in range(200))
+    def pairs(p: float) -> int:
+        scenes = build_dataset(DataConfig(source="emoji", size=64, emoji_p_two=p)).scenes
+        return sum(len(scenes.plan(i).emoji) == 2 for i in range(200))
+
     assert pairs(0.0) == 0 and pairs(1.0) == 200
     assert 40 < pairs(0.35) < 100
     with pytest.raises(ValueError, match="p_two"):
