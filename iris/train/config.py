@@ -32,7 +32,7 @@ class DataConfig:
     min_score: float | None = None  # aesthetic stage: drop samples scored lower
     workers: int = 0  # processes that draw batches ahead of the training step (0: in the training process)
     emoji_seed: int = 0
-    emoji_p_two: float = 0.35  # share of two-sprite scenes (they teach left/right/top/bottom and small sprites)
+    emoji_p_two: float | None = None  # share of two-sprite scenes (None: SceneConfig's); they teach positions
 
 
 @dataclass

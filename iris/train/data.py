@@ -252,7 +252,8 @@ class EmojiData:
         self.cfg = cfg
         from .emoji import EMOJI
 
-        self.scenes = EmojiScenes(SceneConfig(size=cfg.size, seed=cfg.emoji_seed, p_two=cfg.emoji_p_two), split="train")
+        share = {} if cfg.emoji_p_two is None else {"p_two": cfg.emoji_p_two}
+        self.scenes = EmojiScenes(SceneConfig(size=cfg.size, seed=cfg.emoji_seed, **share), split="train")
         self.classes = [e.name for e in EMOJI]  # class label = the (first) emoji of a scene
 
     def __len__(self) -> int:
