@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
+        if getattr(args, "output", None):  # before the run: a folder or /dev/null as output is refused at once
+            from .files import check_target
+
+            check_target(args.output)
         return args.func(args)
     except IrisError as err:
         print(f"\niris: error: {err}" if not getattr(args, "quiet", True) else f"iris: error: {err}", file=sys.stderr)

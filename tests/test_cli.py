@@ -167,6 +167,22 @@ def test_output_path_under_a_file_gives_one_line_error(files, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and blocker.read_text() == "not a folder"
 
 
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_output_that_is_a_folder_or_a_device_is_refused_before_the_run(tmp_path, kind):
+    """`-o FOLDER` failed after the run with the temp file's name; `-o /dev/null` (here a FIFO standing in for a
+    device) was replaced by a regular file. Both are refused at once, without a progress line."""
+    import stat
+
+    target = tmp_path / "out.png"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    proc = iris("generate", "x", *FAST, "-o", str(target))
+    line = assert_one_line_error(proc, contains="folder" if kind == "folder" else "not a regular file")
+    assert ".out-" not in line and proc.returncode == 1
+    mode = os.lstat(target).st_mode
+    assert stat.S_ISDIR(mode) if kind == "folder" else stat.S_ISFIFO(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing "
                                               "(the parent-is-a-file test covers an unwritable output path)")
 def test_read_only_output_folder_gives_one_line_error(tmp_path):

@@ -551,6 +551,30 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["index.json"]
 
 
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_atomic_writes_never_replace_a_folder_or_a_device(tmp_path, kind):
+    """A rename onto a special file replaces it: as root, `iris generate -o /dev/null` turned the device into a
+    PNG. A FIFO stands in for the device here (never /dev/null itself); a folder got the temp file's name."""
+    import stat
+
+    from iris.files import atomic_path
+
+    target = tmp_path / "out.png"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    with pytest.raises(OSError, match="not a regular file" if kind == "fifo" else "is a folder") as err:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"png")
+    assert "\n" not in str(err.value) and ".out-" not in str(err.value)  # one line, no temp file's name
+    mode = os.lstat(target).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISDIR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temp file left
+    link = tmp_path / "link.png"  # a symbolic link is still replaced (never followed)
+    link.symlink_to(target)
+    with atomic_path(link) as tmp:
+        tmp.write_bytes(b"png")
+    assert link.read_bytes() == b"png" and not link.is_symlink()
+
 def test_a_mask_of_another_shape_is_refused_not_stretched():
     mask = np.zeros((64, 32), dtype=np.uint8)  # 32 wide, 64 tall
     with pytest.raises(InvalidInputError, match="32x64 but the image is 128x128"):
