@@ -8,7 +8,8 @@
 - **Origin** (cross-site requests): a browser page of another site may send simple requests (a multipart
   upload, a form post) without asking first. A request whose `Origin` names a host that is not allowed is
   refused.
-- **Body size**: uploads over `max_body` bytes and other bodies over 5 MB (by their Content-Length) are refused.
+- **Body size**: uploads over `max_body` bytes and other bodies over 5 MB are refused: by their Content-Length
+  up front, and a body sent without one (chunked) is counted as it arrives and cut off at the limit.
 - **Logins**: at most `login_attempts` tries per client address per minute. With a login set (`--auth`),
   every API route needs the login cookie except the few a browser calls before logging in; gradio itself leaves
   some of its routes open (`cancel`, `reset`, `heartbeat`, `stream`), and those are refused here.
@@ -86,6 +87,15 @@ class RequestGuard:
         return any(name in cookies and cookies[name].value in tokens
                    for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"))
 
+    def body_limit(self, headers: dict[bytes, bytes]) -> int:
+        """The most bytes a request body may have: `max_body` for an upload, at most 5 MB for anything else."""
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        return self.max_body if upload else min(self.max_body, MAX_JSON_BODY)
+
+    @staticmethod
+    def too_large(limit: int) -> str:
+        return f"Request too large: the limit is {limit / (1 << 20):g} MB."
+
     def refusal(self, scope: dict[str, Any]) -> tuple[int, str] | None:
         headers = {k.lower(): v for k, v in (scope.get("headers") or [])}
         if self.allowed is not None:
@@ -98,10 +108,9 @@ class RequestGuard:
             if origin == "null":
                 return 403, "Cross-site request refused: the page asking has no origin."
         length = headers.get(b"content-length", b"0").decode("latin-1").strip() or "0"
-        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
-        limit = self.max_body if upload else min(self.max_body, MAX_JSON_BODY)
+        limit = self.body_limit(headers)
         if not length.isdigit() or int(length) > limit:
-            return 413, f"Request too large: the limit is {limit / (1 << 20):g} MB."
+            return 413, self.too_large(limit)
         if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/login"):
             client = (scope.get("client") or ("?", 0))[0]
             now, tries = time.monotonic(), self._logins[client]
@@ -121,15 +130,53 @@ class RequestGuard:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         refused = self.refusal(scope)
+        if refused is None and scope["type"] == "http":
+            return await self.capped(scope, receive, send)
         if refused is None:
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return None
-        status, text = refused
+        await self.answer(send, *refused)
+        return None
+
+    @staticmethod
+    async def answer(send: Callable, status: int, text: str) -> None:
         body = (text + "\n").encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-        return None
+
+    async def capped(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """Run the app with the body counted as it arrives: a body with no Content-Length (chunked) is cut off
+        at the limit too, answered 413, and the app sees the client gone (it never holds more than the limit)."""
+        limit = self.body_limit({k.lower(): v for k, v in (scope.get("headers") or [])})
+        state = {"received": 0, "started": False, "cut": False}
+
+        async def counted_receive() -> dict[str, Any]:
+            if state["cut"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message.get("type") == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > limit:
+                    state["cut"] = True
+                    if not state["started"]:
+                        state["started"] = True
+                        await self.answer(send, 413, self.too_large(limit))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["cut"]:
+                return  # the 413 is the answer; whatever the app says about the lost client is dropped
+            if message.get("type") == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not state["cut"]:
+                raise  # the app's own error: not ours to hide

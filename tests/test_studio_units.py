@@ -177,6 +177,58 @@ def test_host_names_and_allowed_hosts():
     assert allowed_hosts("0.0.0.0", extra=["studio.lan"]) == LOOPBACK_HOSTS | {"studio.lan", "0.0.0.0"}
 
 
+
+def _guarded_post(body_chunks: int, chunk: bytes, content_length: bool) -> tuple[list, int, int]:
+    """POST `body_chunks` x `chunk` through a RequestGuard (5 MB JSON limit) to an app that reads the whole body,
+    as starlette's `Request.body()` does. Returns (messages sent, bytes the app got, chunks the client sent)."""
+    import asyncio
+
+    from iris_studio.hosts import RequestGuard
+
+    got, sent = {"app": 0}, {"chunks": 0}
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RuntimeError("client went away")  # what starlette raises (ClientDisconnect)
+            got["app"] += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive():
+        sent["chunks"] += 1
+        return {"type": "http.request", "body": chunk, "more_body": sent["chunks"] < body_chunks}
+
+    messages: list = []
+
+    async def send(message):
+        messages.append(message)
+
+    headers = [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json")]
+    headers += [(b"content-length", str(body_chunks * len(chunk)).encode())] if content_length else \
+        [(b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join", "headers": headers,
+             "client": ("127.0.0.1", 5000)}
+    guard = RequestGuard(app, allowed=frozenset({"127.0.0.1"}), max_body=100 << 20)
+    asyncio.run(guard(scope, receive, send))
+    return messages, got["app"], sent["chunks"]
+
+
+def test_chunked_bodies_are_cut_off_at_the_limit():
+    """A body without a Content-Length (Transfer-Encoding: chunked) passed the 5 MB check whole: 200 MB of JSON
+    sent that way were read into the studio's memory. It is counted as it arrives and cut off with a 413."""
+    messages, app_bytes, chunks = _guarded_post(200, b"a" * (1 << 20), content_length=False)
+    assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 413
+    assert b"too large" in messages[1]["body"].lower() and len(messages) == 2  # the app's own answer is dropped
+    assert app_bytes <= 5 << 20 and chunks <= 6  # the client's body stopped being read at the limit
+    # bodies under the limit, with or without a length, reach the app whole
+    for content_length in (True, False):
+        messages, app_bytes, _ = _guarded_post(4, b"a" * (1 << 20), content_length=content_length)
+        assert messages[0]["status"] == 200 and app_bytes == 4 << 20
+
 # ------------------------------------------------------------------------------------------------- metadata
 def test_controls_from_params_keeps_types_and_skips_missing():
     params = {"task": "generate", "prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2, "steps": 3,
