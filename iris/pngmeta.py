@@ -44,6 +44,6 @@ def read_params(source: str | Path | Image.Image) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError, TypeError):
+    except (ValueError, RecursionError, TypeError):  # ValueError: bad JSON, or an integer over 4,300 digits
         return None
     return data if isinstance(data, dict) else None

@@ -153,6 +153,24 @@ def test_gallery_survives_truncated_pngs_and_cleans_stale_temp_files(tmp_path):
     assert not any(f.exists() for f in stale) and fresh.exists()
 
 
+
+def test_a_png_whose_parameters_hold_a_huge_number_neither_breaks_reading_nor_the_gallery(tmp_path):
+    """json.loads refuses integers over 4,300 digits with a plain ValueError (not a JSONDecodeError): such a PNG
+    in the output folder stopped the studio at start-up (the gallery rebuilds its index from the PNGs)."""
+    from PIL import PngImagePlugin
+
+    from iris.pngmeta import read_params
+
+    day = tmp_path / "2026-01-01"
+    day.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("iris", '{"prompt": "x", "seed": 1' + "0" * 5000 + "}")
+    Image.new("RGB", (8, 8)).save(day / "hostile.png", pnginfo=info)
+    assert read_params(day / "hostile.png") is None
+    assert metadata.read_png_params(day / "hostile.png") is None
+    entries = Gallery(tmp_path).entries()
+    assert [e.file for e in entries] == ["2026-01-01/hostile.png"] and entries[0].params == {}
+
 def test_gallery_keeps_the_result_when_only_the_index_write_fails(tmp_path, monkeypatch):
     g = Gallery(tmp_path)
 
