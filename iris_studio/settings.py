@@ -108,11 +108,12 @@ def from_dict(data: Any) -> tuple[Settings, list[str]]:
         ok = True
         if isinstance(default, bool):
             ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+        elif isinstance(default, int):  # an int of any length, or a whole float (never float() of a long int)
+            ok = not isinstance(value, bool) and (isinstance(value, int)
+                                                  or isinstance(value, float) and value.is_integer())
             value = int(value) if ok else value
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _fits_float(value)
             value = float(value) if ok else value
         elif isinstance(default, str):
             ok = is_text(value)
@@ -126,15 +127,31 @@ def from_dict(data: Any) -> tuple[Settings, list[str]]:
         if ok:
             values[f.name] = value
         else:
-            problems.append(f"{f.name}={value!r} is not valid, using {default!r}")
+            problems.append(f"{f.name}={_shown(value)} is not valid, using {default!r}")
     return Settings(**values), problems
+
+
+def _fits_float(value: int | float) -> bool:
+    try:
+        float(value)
+    except OverflowError:  # an integer past 1e308
+        return False
+    return True
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value`'s repr, shortened: a 20,000-character value in the file gives a warning line, not a page."""
+    if isinstance(value, int) and abs(value) >= 10**limit:  # str() of an int over 4,300 digits raises
+        return f"a number of about {value.bit_length() * 30103 // 100000 + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]:
     """(settings, warning): a missing file gives defaults silently, a damaged one defaults and a warning."""
     path = Path(path) if path is not None else settings_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not damage
     except FileNotFoundError:
         return Settings(), None
     except (OSError, UnicodeDecodeError) as err:
@@ -145,6 +162,8 @@ def load_settings(path: str | Path | None = None) -> tuple[Settings, str | None]
         return Settings(), f"settings file {path} is damaged ({err.msg} at line {err.lineno}); using defaults"
     except RecursionError:
         return Settings(), f"settings file {path} is damaged (nested too deeply); using defaults"
+    except ValueError:  # json.loads refuses integers over 4,300 digits with a plain ValueError
+        return Settings(), f"settings file {path} is damaged (a number too long to read); using defaults"
     settings, problems = from_dict(data)
     if problems and not isinstance(data, dict):
         return settings, f"settings file {path} is damaged ({problems[0]}); using defaults"

@@ -52,6 +52,31 @@ def test_bad_fields_are_dropped_one_by_one(tmp_path):
         Settings().updated(steps=0)
 
 
+
+@pytest.mark.parametrize("field", ["steps", "guidance", "preview_interval_ms"])
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_settings_with_huge_numbers_fall_back_instead_of_crashing(tmp_path, field, digits):
+    """A 400-digit number made float() overflow and a 5,000-digit one json.loads raise a plain ValueError: either
+    one in settings.json stopped the studio at start-up."""
+    path = tmp_path / "settings.json"
+    path.write_text('{"steps": 3, "' + field + '": 1' + '0' * digits + '}')
+    settings, warning = load_settings(path)
+    assert getattr(settings, field) == getattr(Settings(), field)
+    assert warning and field in warning if digits == 400 else "too long" in warning
+    assert len(warning) < 300 + len(str(path)) and "\n" not in warning
+    if digits == 400:
+        assert settings.steps == (3 if field != "steps" else Settings().steps)  # the other fields are kept
+
+
+def test_settings_with_a_byte_order_mark_or_a_huge_text_are_read(tmp_path):
+    """Windows editors write a UTF-8 byte-order mark: the whole file was called damaged. A 20,000-character value
+    gave a 20,000-character warning in the banner."""
+    path = tmp_path / "settings.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"steps": 3, "model": "m" * 20_000}).encode())
+    settings, warning = load_settings(path)
+    assert settings.steps == 3 and settings.model == "demo"
+    assert "model" in warning and len(warning) < 200 + len(str(path))
+
 # -------------------------------------------------------------------------------------------------- gallery
 def _image(color=(200, 30, 30)) -> Image.Image:
     return Image.new("RGB", (32, 24), color)
