@@ -8,6 +8,7 @@ and rebuilt from the PNGs' own parameter chunks, so history is never lost to a b
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -52,6 +53,9 @@ class Entry:
 
     @classmethod
     def from_dict(cls, data: Any) -> Entry | None:
+        """An entry from the index's JSON, or None. Lone surrogates (a "\\ud800" escape) become U+FFFD, so the
+        index can always be written back as UTF-8; a time that is not a finite number becomes 0."""
+        data = _valid_text(data)
         if not isinstance(data, dict) or not isinstance(data.get("file"), str):
             return None
         params = data.get("params") if isinstance(data.get("params"), dict) else {}
@@ -61,9 +65,34 @@ class Entry:
             task=str(data.get("task") or params.get("task") or "generate"),
             prompt=str(data.get("prompt") or params.get("prompt") or ""),
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-            created=float(data["created"]) if isinstance(data.get("created"), (int, float)) else 0.0,
+            created=_time(data.get("created")),
             params=params,
         )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins proper pairs: any left are lone
+
+
+def _valid_text(value: Any) -> Any:
+    """`value` (parsed JSON) with every string made writable as UTF-8: lone surrogates replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    return value
+
+
+def _time(value: Any) -> float:
+    """A finite number of seconds, else 0 (an index may say NaN, Infinity or a 400-digit number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _slug(text: str) -> str:
@@ -117,18 +146,18 @@ class Gallery:
     # ------------------------------------------------------------------------------------------- index
     def _load(self) -> list[Entry]:
         try:
-            raw = self.index_path.read_text(encoding="utf-8")
+            raw = self.index_path.read_bytes()
         except FileNotFoundError:
             return self._rebuild() if any(self.folder.glob("*/*.png")) else []
-        except (OSError, UnicodeDecodeError) as err:
+        except OSError as err:
             self.warning = f"gallery index unreadable ({err}); rebuilt from the images"
             return self._rebuild()
         try:
-            data = json.loads(raw)
+            data = json.loads(raw.decode("utf-8-sig"))  # undecodable bytes are damage too: kept aside, not lost
             items = data["entries"] if isinstance(data, dict) else data
             if not isinstance(items, list):
                 raise ValueError("no entry list")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
             damaged = self.index_path.with_name(INDEX + ".damaged")
             try:
                 os.replace(self.index_path, damaged)

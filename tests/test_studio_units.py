@@ -109,6 +109,38 @@ def test_damaged_gallery_index_is_rebuilt_from_the_images(tmp_path):
     json.loads((tmp_path / "index.json").read_text())  # rewritten, valid
 
 
+
+def test_gallery_index_entries_with_odd_values_neither_crash_nor_block_later_saves(tmp_path):
+    """A 400-digit "created" made float() overflow at start-up; a lone surrogate ("\\ud800", valid JSON) loaded,
+    then every later save failed to write the index back as UTF-8."""
+    g = Gallery(tmp_path)
+    first = g.add(_image(), {"task": "generate", "prompt": "one", "seed": 1}).relative_to(tmp_path).as_posix()
+    index = tmp_path / "index.json"
+    index.write_text('{"version": 1, "entries": [{"file": "' + first + '", "created": 1' + "0" * 400
+                     + ', "prompt": "a\\ud800b", "params": {"prompt": "a\\ud800b", "negative_prompt": ["\\udfff"]}}]}')
+    again = Gallery(tmp_path)
+    [entry] = again.entries()
+    assert entry.file == first and entry.created == 0.0 and entry.prompt == "a\ufffdb"
+    again.add(_image(), {"task": "generate", "prompt": "two", "seed": 2})
+    assert [e.prompt for e in Gallery(tmp_path).entries()] == ["two", "a\ufffdb"]
+    json.loads(index.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe\x00 not text", b"\xef\xbb\xbf{\"version\": 1, \"entries\": []}"])
+def test_an_undecodable_gallery_index_is_kept_aside_and_a_bom_is_read(tmp_path, raw):
+    g = Gallery(tmp_path)
+    g.add(_image(), {"task": "generate", "prompt": "kept", "seed": 7})
+    (tmp_path / "index.json").write_bytes(raw)
+    again = Gallery(tmp_path)
+    assert [e.prompt for e in again.entries()] == ["kept"]
+    warning = again.warning
+    again.add(_image(), {"task": "generate", "prompt": "new", "seed": 8})
+    if raw.startswith(b"\xff"):  # damage: the old bytes are kept as index.json.damaged, not overwritten
+        assert (tmp_path / "index.json.damaged").read_bytes() == raw and "damaged" in warning
+    else:  # a byte-order mark is no damage
+        assert not (tmp_path / "index.json.damaged").exists() and warning is None
+    assert [e.prompt for e in Gallery(tmp_path).entries()] == ["new", "kept"]
+
 def test_gallery_is_safe_from_threads(tmp_path):
     g = Gallery(tmp_path)
     threads = [threading.Thread(target=g.add, args=(_image(), {"task": "generate", "seed": i})) for i in range(8)]
