@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iris-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    p.add_argument("--port", type=port_number, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument(
         "--model",
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--no-warmup", action="store_true", help="skip the background warm-up run after start")
-    p.add_argument("--max-file-size", default="25mb", help="largest upload accepted (default 25mb)")
+    p.add_argument("--max-file-size", type=file_size, default="25mb",
+                   help="largest upload accepted, e.g. 500kb, 25mb, 1gb (default 25mb)")
     p.add_argument(
         "--allowed-hosts",
         default="",
@@ -47,6 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
         "bound to this machine; any name with --host 0.0.0.0 or --share unless this lists some)",
     )
     return p
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535 (checked here: past 65535 the server's bind failed with a traceback)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 1 and 65535, got {port}")
+    return port
+
+
+def file_size(text: str) -> str:
+    """A size such as 25mb, checked here (a bad one failed with a traceback after the model had loaded)."""
+    from .hosts import parse_size
+
+    try:
+        size = parse_size(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 500kb, 25mb or 1gb, got {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"the size must be at least 1 byte, got {text!r}")
+    return text
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:

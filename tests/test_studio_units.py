@@ -396,6 +396,21 @@ def test_command_line_defaults_and_auth():
     assert exposure_warning("0.0.0.0", True, ("a", "b")) is None
 
 
+
+@pytest.mark.parametrize("args", [["--max-file-size", "abc"], ["--max-file-size", "inf"], ["--max-file-size", "nan"],
+                                  ["--max-file-size=-5mb"], ["--max-file-size", "0"], ["--port", "70000"],
+                                  ["--port", "0"], ["--port", "http"]])
+def test_bad_port_or_upload_size_is_refused_by_the_parser(args, capsys):
+    """Both were taken as given: the server then failed with a traceback, after the model had loaded."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1].startswith("iris-studio: error: argument --") and "Traceback" not in "".join(lines)
+    good = build_parser().parse_args(["--max-file-size", "500kb", "--port", "65535"])
+    assert (good.max_file_size, good.port) == ("500kb", 65535)
+    assert build_parser().parse_args([]).max_file_size == "25mb"
+
 # --------------------------------------------------------------------------------------------------- engine
 @pytest.fixture(scope="module")
 def engine():
