@@ -9,6 +9,7 @@ across, each cell labelled with its budget, time and network evaluations. It is 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InvalidInputError
 from .inputs import check_int, check_seed
+from .limits import MAX_ITERATIONS, MAX_STEPS
 
 DEFAULT_ITERATIONS = (1, 2, 4, 8, 16)
 DEFAULT_STEPS = (1, 2, 4, 8)
@@ -50,15 +52,31 @@ class BudgetGrid:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_list(text: str | Sequence[int], name: str) -> tuple[int, ...]:
-    """"1,2,4" (or a sequence) -> (1, 2, 4); whole numbers from 1 to 1000, none repeated."""
-    parts = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
-    values = tuple(check_int(name, p, 1, 1000) for p in parts if p != "")
+def parse_list(text: str | Sequence[int], name: str, high: int | None = None) -> tuple[int, ...]:
+    """"1,2,4" or "1 2 4" (or a sequence) -> (1, 2, 4); whole numbers from 1 to `high` (the engine's limit for
+    `name`: MAX_STEPS for steps, MAX_ITERATIONS for iterations), none repeated, at most MAX_CELLS of them."""
+    if high is None:
+        high = MAX_STEPS if name == "steps" else MAX_ITERATIONS
+    parts = re.split(r"[,;\s]+", text.strip()) if isinstance(text, str) else list(text)
+    parts = [p for p in parts if p != ""]
+    if len(parts) > MAX_CELLS:
+        raise InvalidInputError(f"{name}: at most {MAX_CELLS} values, got {len(parts)}")
+    values = tuple(check_int(name, p, 1, high) for p in parts)
     if not values:
         raise InvalidInputError(f"{name}: give at least one value, e.g. 1,2,4")
-    if len(set(values)) != len(values):
-        raise InvalidInputError(f"{name}: values repeat in {values}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise InvalidInputError(f"{name}: {', '.join(map(str, repeated))} given more than once")
     return values
+
+
+def parse_grid(iterations: str | Sequence[int], steps: str | Sequence[int],
+               max_iterations: int = MAX_ITERATIONS) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Both lists of a grid, checked, and at most MAX_CELLS cells in all (before any picture is drawn)."""
+    its, sts = parse_list(iterations, "iterations", max_iterations), parse_list(steps, "steps", MAX_STEPS)
+    if len(its) * len(sts) > MAX_CELLS:
+        raise InvalidInputError(f"a grid has at most {MAX_CELLS} cells, asked for {len(its) * len(sts)}")
+    return its, sts
 
 
 def compose(cells: Sequence[GridCell | None], steps: Sequence[int], iterations: Sequence[int],
@@ -105,13 +123,9 @@ def budget_grid(
     """Render `prompt` with `seed` at every (steps, iterations) pair; `on_cell(cell, index, total)` after each
     one (the studio streams the grid from it). `generate_kwargs` go to `pipe.generate` (guidance,
     negative_prompt, sampler, width, height, ...). Raise `GenerationCancelled` from `on_cell` to stop."""
-    its, sts = parse_list(iterations, "iterations"), parse_list(steps, "steps")
-    if len(its) * len(sts) > MAX_CELLS:
-        raise InvalidInputError(f"a grid has at most {MAX_CELLS} cells, asked for {len(its) * len(sts)}")
+    its, sts = parse_grid(iterations, steps, pipe.config.generator.max_iterations)
     seed = check_seed(seed)
     generate_kwargs.setdefault("preview_fraction", None)
-    for r in its:
-        check_int("iterations", r, 1, pipe.config.generator.max_iterations)
     pipe.generate(prompt, steps=1, iterations=1, seed=seed, **{**generate_kwargs, "on_preview": None})  # warm-up:
     # the first call pays for lazy initialisation, which would otherwise land on the first cell's time
     cells: list[GridCell] = []

@@ -373,10 +373,10 @@ class Studio:
                  height: Any, grid_iterations: str, grid_steps: str):
         """The budget grid of the Generate tab: streams the grid picture as its cells finish, then saves it to
         the gallery with every cell's budget, time and NFE. Yields (grid image, status)."""
-        from iris.grid import compose, parse_list
+        from iris.grid import compose, parse_grid
 
         try:
-            its, sts = parse_list(grid_iterations or "", "iterations"), parse_list(grid_steps or "", "steps")
+            its, sts = parse_grid(grid_iterations or "", grid_steps or "", self.engine.info.max_iterations)
             kwargs = self.task_kwargs("generate", [], {"prompt": prompt, "negative_prompt": negative_prompt,
                                                        "seed": seed, "guidance": guidance, "sampler": sampler,
                                                        "width": width, "height": height})

@@ -40,6 +40,32 @@ def test_grid_stops_when_asked_and_checks_its_lists(nano_pipe):
         budget_grid(nano_pipe, "x", iterations=(1, 999), steps=(1,))
 
 
+
+def test_grid_lists_read_spaces_as_separators_and_are_bounded_before_any_cell(nano_pipe, monkeypatch):
+    """"1 2" was read as 12 (spaces were dropped); steps up to 1000 were taken and the grid failed at the first
+    such row, after rendering the rows before it; 1000 distinct values per list made the studio draw a
+    160,000 x 176,000 px empty grid before the cell count was checked; a repeat listed every value."""
+    from iris.grid import parse_grid
+    from iris.limits import MAX_ITERATIONS, MAX_STEPS
+
+    assert parse_list("1 2", "iterations") == (1, 2) and parse_list(" 1, 2 ;4 ", "steps") == (1, 2, 4)
+    with pytest.raises(InvalidInputError, match=f"between 1 and {MAX_STEPS}"):
+        parse_list(f"1,{MAX_STEPS + 1}", "steps")
+    with pytest.raises(InvalidInputError, match=f"between 1 and {MAX_ITERATIONS}"):
+        parse_list(f"{MAX_ITERATIONS + 1}", "iterations")
+    with pytest.raises(InvalidInputError, match="at most 64 values"):
+        parse_list(",".join(map(str, range(1, 200))), "steps")
+    with pytest.raises(InvalidInputError, match="at most 64 cells") as err:
+        parse_grid(",".join(map(str, range(1, 65))), ",".join(map(str, range(1, 65))))
+    with pytest.raises(InvalidInputError) as err:
+        parse_list(",".join(["1"] * 60), "steps")
+    assert str(err.value) == "steps: 1 given more than once"
+    calls = []
+    monkeypatch.setattr(nano_pipe, "generate", lambda *a, **k: calls.append(k))
+    with pytest.raises(InvalidInputError, match="steps"):
+        budget_grid(nano_pipe, "x", iterations=(1,), steps=(1, 2, 500))
+    assert calls == []  # refused before the warm-up or any cell
+
 def test_compose_leaves_missing_cells_grey(nano_pipe):
     grid = budget_grid(nano_pipe, "x", iterations=(1,), steps=(1,), width=32, height=32)
     partial = compose([grid.cells[0], None], (1, 2), (1,))
