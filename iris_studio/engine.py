@@ -131,8 +131,8 @@ class Engine:
 
         try:
             return self.load(spec, device)
-        except (IrisError, OSError) as err:
-            failed = f"Could not load model {spec!r}: {err}"
+        except (IrisError, OSError) as err:  # named as asked, or as the engine holds it (never "None")
+            failed = f"Could not load model {(spec if spec is not None else self.spec) or DEMO!r}: {err}"
         try:
             info = self.load(DEMO, "cpu")
         except (IrisError, OSError):

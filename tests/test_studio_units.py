@@ -564,6 +564,17 @@ def test_missing_demo_model_falls_back_to_random_nano_with_a_notice(tmp_path, mo
             e.load("someone/not-cached-model")
 
 
+
+def test_a_failed_start_up_load_names_the_model_not_none(tmp_path, monkeypatch):
+    """`iris-studio --device bogus` said "Could not load model None": the engine's own model is named."""
+    from iris_studio.engine import Engine
+
+    monkeypatch.setenv("IRIS_DEMO_MODEL", str(tmp_path / "nowhere"))
+    e = Engine("demo", "bogus")
+    e.load_or_fallback()
+    assert e.notice.startswith("Could not load model 'demo': device must be") and "None" not in e.notice
+    assert e.info.random_weights and e.device == "cpu"
+
 def test_a_user_run_stops_the_warmup(engine):
     warm = threading.Thread(target=engine.warmup)
     with engine._run_lock:  # hold the warm-up at its start
