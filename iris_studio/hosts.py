@@ -13,6 +13,8 @@
 - **Logins**: at most `login_attempts` tries per client address per minute. With a login set (`--auth`),
   every API route needs the login cookie except the few a browser calls before logging in; gradio itself leaves
   some of its routes open (`cancel`, `reset`, `heartbeat`, `stream`), and those are refused here.
+- **Events**: a predict call naming an `fn_index` the app does not have (or one with no Python function) gets a
+  422 here; gradio would answer it with a 500 and a traceback on the console.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_JSON_BODY = 5 << 20  # API calls carry file paths, not files: their bodies are small
 API_PREFIX = "/gradio_api/"
 # the API routes a browser calls before it has logged in; with a login set, every other one needs it
+PREDICT_ROUTES = ("/run/predict", "/queue/join")  # the calls that name an event by its `fn_index`
 PUBLIC_API_ROUTES = frozenset({"login_check", "app_id", "startup-events", "theme.css", "token", "user"})
 
 
@@ -175,8 +178,50 @@ class RequestGuard:
                 state["started"] = True
             await send(message)
 
+        app_receive = counted_receive
+        if scope.get("method") == "POST" and scope.get("path", "").rstrip("/").endswith(PREDICT_ROUTES):
+            messages = []  # a predict call's body is small (capped above): read it whole, check it, replay it
+            while True:
+                message = await counted_receive()
+                messages.append(message)
+                if message.get("type") != "http.request" or not message.get("more_body"):
+                    break
+            if state["cut"]:
+                return None
+            problem = self.unknown_function(scope, b"".join(m.get("body", b"") for m in messages))
+            if problem:
+                await self.answer(send, 422, problem)
+                return None
+
+            async def replay() -> dict[str, Any]:
+                return messages.pop(0) if messages else await counted_receive()
+
+            app_receive = replay
         try:
-            await self.app(scope, counted_receive, guarded_send)
+            await self.app(scope, app_receive, guarded_send)
         except Exception:
             if not state["cut"]:
                 raise  # the app's own error: not ours to hide
+        return None
+
+    @staticmethod
+    def unknown_function(scope: dict[str, Any], body: bytes) -> str | None:
+        """Why a predict call names no event of this app (an `fn_index` it does not have, or one without a
+        Python function), else None. gradio answers those with a 500 and a traceback on the console."""
+        import json
+
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return None  # malformed JSON: gradio itself answers 422
+        index = data.get("fn_index") if isinstance(data, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool):
+            return None
+        get_blocks = getattr(scope.get("app"), "get_blocks", None)
+        fns = getattr(get_blocks(), "fns", None) if callable(get_blocks) else None
+        if not isinstance(fns, dict):
+            return None
+        fn = fns.get(index)
+        if fn is None or getattr(fn, "fn", None) is None:
+            return f"Unknown fn_index {index}: this studio has no server-side event with that index."
+        return None

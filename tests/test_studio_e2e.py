@@ -328,6 +328,35 @@ def test_cross_site_uploads_and_oversized_bodies_are_refused(studio):
     conn.close()
 
 
+
+def test_chunked_bodies_and_unknown_event_indices_get_4xx_not_500(studio):
+    """A chunked body (no Content-Length) over 5 MB is cut off with a 413; a predict call naming an fn_index
+    the app lacks got gradio's 500 and a KeyError / IndexError traceback on the studio's console."""
+    import http.client
+    import socket
+
+    app, client = studio
+    before = app.log.read_text().count("Traceback")
+    for path in ("/gradio_api/run/predict", "/gradio_api/queue/join"):
+        for index in (-1, 99999, 0):  # 0: the page's first event, a browser-side (JavaScript) one
+            body = json.dumps({"fn_index": index, "data": [], "session_hash": "x"}).encode()
+            status, text = _post(app.port, path, body, {"Content-Type": "application/json"})
+            assert status == 422 and text.startswith(b"Unknown fn_index"), (path, index, status, text)
+    with socket.create_connection(("127.0.0.1", app.port), timeout=20) as sock:
+        sock.sendall(f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n"
+                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"a" * (1 << 20)
+        try:
+            for _ in range(20):
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except OSError:
+            pass  # the server stops reading at the limit
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 413
+    assert app.log.read_text().count("Traceback") == before
+    assert client.predict(api_name="/get_settings")["preview_cost"] == 0.0  # real calls still go through
+
 def test_login_attempts_are_throttled():
     from iris_studio.hosts import RequestGuard
 
