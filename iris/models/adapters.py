@@ -43,7 +43,7 @@ class ImageAdapter(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.body(dwt(image)))
+        return self.proj(self.body(dwt(image))).contiguous()  # the layout the generator expects
 
 
 class InpaintAdapter(nn.Module):
@@ -61,7 +61,7 @@ class InpaintAdapter(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.body(torch.cat([known * (1 - mask), mask], dim=1)))
+        return self.proj(self.body(torch.cat([known * (1 - mask), mask], dim=1))).contiguous()
 
 
 def build_adapter(name: str, config: IrisConfig) -> nn.Module:

@@ -29,4 +29,4 @@ class PixelUpscaler(nn.Module):
 
     def forward(self, low: torch.Tensor) -> torch.Tensor:
         base = F.interpolate(low, scale_factor=2, mode="bicubic", align_corners=False)
-        return base + F.pixel_shuffle(self.tail(self.body(low)), 2)
+        return (base + F.pixel_shuffle(self.tail(self.body(low)), 2)).contiguous()

@@ -99,12 +99,12 @@ class WaveletVAE(nn.Module):
         if generator is not None:
             noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean)
             mean = mean + noise * (0.5 * logvar).exp()
-        return (mean - self.config.shift) * self.config.scale
+        return ((mean - self.config.shift) * self.config.scale).contiguous()  # whatever the weights' layout
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latent [B, C, h, w] -> image [B, 3, h*f, w*f] (not clamped)."""
         z = latents / self.config.scale + self.config.shift
-        return idwt(self.decoder(z))
+        return idwt(self.decoder(z)).contiguous()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (reconstruction, posterior mean, log-variance), all unscaled."""
