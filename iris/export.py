@@ -254,6 +254,13 @@ def _vocab_path() -> Path:
 
 
 # -------------------------------------------------------------------------------------------------- export
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (the one used here, dynamo=False) writes: past it, the
+    export failed with a RuntimeError and a dump of the whole graph."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+
 
 
 def export_onnx(pipe: Any, out_dir: str | Path, resolutions: Iterable[Any] | None = None, *, fp16: bool = False,
@@ -267,8 +274,9 @@ def export_onnx(pipe: Any, out_dir: str | Path, resolutions: Iterable[Any] | Non
     import json
 
     require_onnx(runtime=fp16)
-    if opset < 17:
-        raise InvalidInputError(f"opset must be >= 17, got {opset}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OPSET <= opset <= max_opset():
+        raise InvalidInputError(f"opset must be between {OPSET} and {max_opset()} (the most torch's exporter "
+                                f"writes), got {opset!r}")
     cfg = pipe.config
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

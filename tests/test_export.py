@@ -244,6 +244,16 @@ def test_demo_model_exports_and_matches(tmp_path):
 # --------------------------------------------------------------------------------------- errors and CLI
 
 
+
+def test_an_opset_past_the_exporters_newest_is_refused_before_anything_is_written(nano_pipe, tmp_path):
+    """`iris export --opset 999` failed inside torch with a RuntimeError and a dump of the whole graph."""
+    from iris.export import max_opset
+
+    for bad in (max_opset() + 1, 999, True, 17.5):
+        with pytest.raises(InvalidInputError, match=f"between 17 and {max_opset()}"):
+            export_onnx(nano_pipe, tmp_path / "x", opset=bad)
+    assert not (tmp_path / "x").exists()
+
 def test_bad_settings_are_refused(nano_pipe, runner, tmp_path):
     assert parse_resolution("160x96") == (160, 96) and parse_resolution(128) == (128, 128)
     for bad in ("12x", "axb", "1x2x3", 1.5):
