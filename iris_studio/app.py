@@ -7,6 +7,7 @@ messages, never tracebacks. Named endpoints (api_name) for gradio_client are lis
 
 from __future__ import annotations
 
+import html
 import inspect
 import logging
 import os
@@ -152,12 +153,14 @@ class Studio:
 
     # ------------------------------------------------------------------------------------- texts
     def header_md(self) -> str:
+        """The page header, raw HTML: the model's name and folder come from its config.json and the caller, so
+        they are escaped (a hub model named "<img src=x onerror=...>" ran its script in the page)."""
         info = self.engine.info
-        kind = "random weights" if info.random_weights else info.source
+        kind = html.escape("random weights" if info.random_weights else info.source)
         return (
-            f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{info.name}</b> ({kind}) · "
+            f"<div class='iris-header'><h1>IRIS Studio</h1><p>Model <b>{html.escape(info.name)}</b> ({kind}) · "
             f"{info.generator_parameters / 1e6:.1f}M-parameter generator ({info.parameters / 1e6:.1f}M with the "
-            f"VAE and text encoder) · {info.resolution}px · {self.engine.device}</p></div>"
+            f"VAE and text encoder) · {info.resolution}px · {html.escape(str(self.engine.device))}</p></div>"
         )
 
     def notice_md(self) -> str:

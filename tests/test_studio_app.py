@@ -211,6 +211,27 @@ def test_load_model_says_nothing_about_server_paths(studio, tmp_path):
     assert studio.engine.info.random_weights  # still the model it had
 
 
+
+def test_a_model_name_or_folder_holding_html_is_escaped_in_the_header(tmp_path):
+    """The header is raw HTML and printed the config's `name` as it was: a model folder (or hub repo) named
+    "<img src=x onerror=...>" ran its script in the studio's page."""
+    import json
+
+    from iris import IrisPipeline
+
+    folder = tmp_path / "<b>folder"
+    IrisPipeline.from_variant("nano").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["name"] = "<img src=x onerror=alert(1)>"
+    (folder / "config.json").write_text(json.dumps(config))
+    engine = Engine(str(folder))
+    engine.load()
+    studio = Studio(engine, Settings(), Gallery(tmp_path / "out"), settings_file=tmp_path / "settings.json")
+    header = studio.header_md()
+    assert "<img" not in header and "&lt;img src=x onerror=alert(1)&gt;" in header
+    assert "<b>folder" not in header and "&lt;b&gt;folder" in header
+    assert header.startswith("<div class='iris-header'>")  # the header's own markup stays
+
 def test_send_to_and_restore(studio, tmp_path):
     from iris.pngmeta import save_png
 
