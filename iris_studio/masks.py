@@ -37,21 +37,27 @@ def editor_composite(value: Any) -> Image.Image | None:
 def editor_mask(value: Any, size: tuple[int, int]) -> Image.Image | None:
     """The painted strokes as a binary "L" mask (0 or 255, white = change) of `size`; None if nothing painted.
 
-    Every layer counts: a pixel is masked when any layer's alpha there is >= ALPHA_THRESHOLD.
+    Every layer counts: a pixel is masked when any layer's alpha there is >= ALPHA_THRESHOLD. Each painted
+    layer is brought to `size` on its own (as an uploaded mask is: resized when its shape matches, refused with
+    a message when not), so layers of different sizes combine instead of failing to broadcast.
     """
     if not isinstance(value, dict):
         return None
+    from iris.inputs import read_image
+
     union: np.ndarray | None = None
     for layer in value.get("layers") or []:
         if layer is None:
             continue
-        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
-        alpha = np.asarray(layer.convert("RGBA").getchannel("A"))
-        union = alpha if union is None else np.maximum(union, alpha)
-    if union is None or union.max(initial=0) < ALPHA_THRESHOLD:
+        layer = read_image(layer)  # in its own mode: the alpha is the stroke
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[1] < ALPHA_THRESHOLD:
+            continue  # nothing painted on this layer
+        painted = np.asarray(binarize(alpha.point(lambda v: 255 if v >= ALPHA_THRESHOLD else 0), size))
+        union = painted if union is None else np.maximum(union, painted)
+    if union is None:
         return None
-    mask = Image.fromarray(np.where(union >= ALPHA_THRESHOLD, 255, 0).astype(np.uint8), "L")
-    return binarize(mask, size)
+    return Image.fromarray(union, "L")
 
 
 def binarize(mask: Image.Image, size: tuple[int, int]) -> Image.Image:

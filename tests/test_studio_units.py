@@ -379,6 +379,29 @@ def test_editor_mask_is_pure_black_and_white():
     assert not is_blank(scribble)
 
 
+
+def test_editor_layers_of_different_sizes_combine_or_get_a_message(tmp_path):
+    """Two painted layers of different sizes failed with "operands could not be broadcast" (a generic error and
+    a console traceback); a layer of another shape, or an unreadable one, now gets the mask's own message."""
+    from iris.errors import InvalidInputError
+
+    big = np.zeros((64, 64, 4), np.uint8)
+    big[:8, :8, 3] = 255  # top-left corner
+    small = np.zeros((32, 32, 4), np.uint8)
+    small[28:, 28:, 3] = 255  # bottom-right corner, at half size
+    value = {"background": Image.new("RGB", (64, 64)),
+             "layers": [Image.fromarray(big, "RGBA"), Image.fromarray(small, "RGBA")]}
+    a = np.asarray(editor_mask(value, (64, 64)))
+    assert a[0, 0] == 255 and a[63, 63] == 255 and a[32, 32] == 0 and set(np.unique(a)) == {0, 255}
+    wide = Image.fromarray(np.full((32, 64, 4), 255, np.uint8), "RGBA")
+    with pytest.raises(InvalidInputError, match="another shape"):
+        editor_mask({"background": None, "layers": [wide]}, (64, 64))
+    empty_wide = Image.new("RGBA", (64, 32), (0, 0, 0, 0))  # nothing painted on it: ignored, whatever its shape
+    assert editor_mask({"background": None, "layers": [empty_wide]}, (64, 64)) is None
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    with pytest.raises(InvalidInputError, match="not a readable image"):
+        editor_mask({"background": None, "layers": [str(tmp_path / "bad.png")]}, (64, 64))
+
 # -------------------------------------------------------------------------------------------- command line
 def test_command_line_defaults_and_auth():
     args = build_parser().parse_args([])
