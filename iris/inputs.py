@@ -191,6 +191,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB copy of any PIL mode; transparency is composited over white."""
     if image.mode == "RGB":
         return image
+    if image.mode == "La":  # premultiplied: PIL converts it only to LA (it raised ValueError for RGB)
+        image = image.convert("LA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(image, dtype=np.float64)
         top = 65535.0 if a.max(initial=0) > 255 else 255.0
@@ -219,6 +221,8 @@ def open_mask(source: Any, size: tuple[int, int]) -> Image.Image:
         if source is None:
             raise InvalidInputError("no mask given")
         mask = read_image(source)  # in its own mode: an alpha-only mask keeps its alpha
+    if mask.mode in ("La", "RGBa"):  # premultiplied alpha: as the plain alpha modes
+        mask = mask.convert("LA" if mask.mode == "La" else "RGBA")
     if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1] != (255, 255):
         gray = mask.getchannel("A")
     else:

@@ -170,6 +170,21 @@ def test_rgba_and_la_images_are_composited_on_white(nano_pipe):
     assert result.image.size == (16, 8)
 
 
+
+def test_premultiplied_alpha_images_and_masks_are_read(nano_pipe):
+    """PIL's premultiplied "La" mode raised a bare ValueError ("conversion from La to L not supported") from
+    open_image and open_mask; "La" and "RGBa" masks use their alpha like "LA" and "RGBA" ones."""
+    la = Image.new("La", (16, 8), (0, 0))
+    la.paste((0, 255), (8, 0, 16, 8))  # right half opaque black, left half transparent
+    img = np.asarray(open_image(la))
+    assert (img[:, :8] == 255).all() and (img[:, 8:] == 0).all()
+    for mode, fill in (("La", (0, 255)), ("RGBa", (0, 0, 0, 255))):
+        mask = Image.new(mode, (16, 8), (0,) * len(fill))
+        mask.paste(fill, (8, 0, 16, 8))
+        a = np.asarray(open_mask(mask, (16, 8)))
+        assert (a[:, :8] == 0).all() and (a[:, 8:] == 255).all(), mode
+    assert nano_pipe.edit(la, "x", **FAST).image.size == (16, 8)
+
 def test_exif_rotated_jpeg_is_turned_upright(nano_pipe):
     img = Image.new("RGB", (40, 20), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red, as stored
