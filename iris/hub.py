@@ -35,8 +35,9 @@ def hub_offline() -> bool:
 
 
 def resolve_model(path_or_id: str | os.PathLike | None) -> Path:
-    """A local folder holding config.json for a folder path, hub id or None (the bundled demo)."""
-    if path_or_id is None:
+    """A local folder holding config.json for a folder path, hub id or None (the bundled demo). An empty or blank
+    text means the demo too (`--model ""`, an unset variable): it was read as the current folder, "."."""
+    if path_or_id is None or not str(path_or_id).strip():
         path = demo_model_path()
         if not (path / "config.json").is_file():
             raise ModelLoadError(

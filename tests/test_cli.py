@@ -183,6 +183,12 @@ def test_an_output_that_is_a_folder_or_a_device_is_refused_before_the_run(tmp_pa
     assert stat.S_ISDIR(mode) if kind == "folder" else stat.S_ISFIFO(mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
+
+def test_an_empty_model_means_the_bundled_demo(tmp_path):
+    """`--model ""` (an unset variable in a script) said ". has no config.json": it is the default model."""
+    proc = iris("info", "--model", "", cwd=tmp_path)
+    assert proc.returncode == 0 and "(demo)" in proc.stdout.splitlines()[0], proc.stdout + proc.stderr
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing "
                                               "(the parent-is-a-file test covers an unwritable output path)")
 def test_read_only_output_folder_gives_one_line_error(tmp_path):
