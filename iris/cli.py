@@ -285,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\niris: interrupted after {time.perf_counter() - start:.1f}s", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `iris info | head -1`: the reader has gone, which is no error of ours to report
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not complain either
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except OSError as err:  # e.g. an output folder that cannot be written: after the progress line, on its own
         print(f"\niris: error: {err}" if not getattr(args, "quiet", True) else f"iris: error: {err}", file=sys.stderr)
         return 1

@@ -189,6 +189,19 @@ def test_an_empty_model_means_the_bundled_demo(tmp_path):
     proc = iris("info", "--model", "", cwd=tmp_path)
     assert proc.returncode == 0 and "(demo)" in proc.stdout.splitlines()[0], proc.stdout + proc.stderr
 
+
+def test_a_reader_that_goes_away_is_no_error():
+    """`iris info | head -1` printed "iris: error: [Errno 32] Broken pipe": the reader closing is not an error."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "iris.cli", "info", "--model", "nano"], cwd=ROOT, env=env,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing "
                                               "(the parent-is-a-file test covers an unwritable output path)")
 def test_read_only_output_folder_gives_one_line_error(tmp_path):
