@@ -626,6 +626,16 @@ def test_assembled_student_shares_all_but_its_generator(base_model, tmp_path):
     s = loaded.config.sampler
     assert loaded.config.shares == "teacher" and (s.steps, s.iterations) == (2, 3)
     assert torch.equal(next(loaded.generator.parameters()), next(student.generator.parameters()))
+    with torch.no_grad():  # a retrained teacher text encoder: the student keeps its own copy of the old one
+        next(student.text_encoder.parameters()).add_(1.0)
+    export_te = student.save_pretrained(tmp_path / "export_te")
+    out_te = assemble_student(str(export_te), str(teacher), str(tmp_path / "models" / "fast_te"), "fast", 2, 3,
+                              None)
+    assert sorted(p.name for p in out_te.iterdir()) == ["config.json", "generator.safetensors",
+                                                         "text_encoder.safetensors"]
+    loaded_te = IrisPipeline.from_pretrained(out_te)
+    assert torch.equal(next(loaded_te.text_encoder.parameters()), next(student.text_encoder.parameters()))
+    assert torch.equal(next(loaded_te.vae.parameters()), next(IrisPipeline.from_pretrained(teacher).vae.parameters()))
     with torch.no_grad():
         next(student.vae.parameters()).add_(1.0)
     other = student.save_pretrained(tmp_path / "export2")

@@ -11,8 +11,10 @@ A student that shares everything but its generator with a sibling folder (a dist
     python -m iris.train.assemble --base runs/demo/distill_fast/export --shares assets/models/iris-nano-emoji \
         --out assets/models/iris-nano-emoji-fast --name iris-nano-fast --steps 2 --iterations 4
 
-writes only config.json (with `shares`) and generator.safetensors; every file identical to the sibling's
-(VAE, text encoder, preview decoder, adapters) is read from there. A part that differs is refused.
+writes config.json (with `shares`) and generator.safetensors; every file identical to the sibling's (VAE,
+text encoder, preview decoder, adapters) is read from there. A text encoder or preview decoder that differs
+(the student was distilled before its teacher's text encoder was retrained) is written beside the generator;
+a VAE that differs is refused, since the shared adapters work in the sibling's latent space.
 
 `--position-embedding` gives the base's generator the grid position embedding (`GeneratorConfig.
 position_embedding`) with its map at zero: the folder generates exactly as before until it is trained.
@@ -67,17 +69,22 @@ def assemble(base: str, vae: str | None, adapters: list[str], out: str, dtype: t
 
 def assemble_student(base: str, sibling: str, out: str, name: str, steps: int | None, iterations: int | None,
                      dtype: torch.dtype | None) -> Path:
-    """A folder holding `base`'s generator and config, sharing every other part with the `sibling` folder."""
+    """A folder holding `base`'s generator and config (and its own text encoder or preview decoder where
+    they differ from the sibling's), sharing every other part with the `sibling` folder."""
     import shutil
 
     from ..hub import save_weights
 
     pipe, other = IrisPipeline.from_pretrained(base), IrisPipeline.from_pretrained(sibling)
-    for part in ("vae", "text_encoder", "previewer"):
+    own: list[tuple[torch.nn.Module, str]] = []
+    for part, file in (("vae", "vae.safetensors"), ("text_encoder", "text_encoder.safetensors"),
+                       ("previewer", "preview.safetensors")):
         mine, theirs = getattr(pipe, part).state_dict(), getattr(other, part).state_dict()
         if mine.keys() != theirs.keys() or any(not torch.allclose(mine[k].float(), theirs[k].float(), atol=1e-3)
                                                for k in mine):
-            raise ModelLoadError(f"{base}'s {part} differs from {sibling}'s: it cannot be shared")
+            if part == "vae":
+                raise ModelLoadError(f"{base}'s {part} differs from {sibling}'s: it cannot be shared")
+            own.append((getattr(pipe, part), file))
     folder = Path(out)
     if Path(sibling).resolve().parent != folder.resolve().parent:
         raise ModelLoadError(f"{out} must sit beside {sibling}: a shared folder is a sibling")
@@ -93,6 +100,8 @@ def assemble_student(base: str, sibling: str, out: str, name: str, steps: int | 
         config.sampler.iterations = iterations
     config.save(folder / "config.json")
     save_weights(pipe.generator, folder / "generator.safetensors", dtype)
+    for module, file in own:
+        save_weights(module, folder / file, dtype if file != "preview.safetensors" else None)
     return folder
 
 
