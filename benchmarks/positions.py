@@ -10,15 +10,22 @@ sprite it reports:
 - other side:    the judge names it on the opposite half instead (drawn, but misplaced);
 - either side:   the judge names it on some half (drawn at all, position ignored);
 - first / second: the named-side rate for the sprite mentioned first and second in the prompt.
+- left/right, top/bottom: named side / other side for sprites placed across or up and down.
 
 If "other side" is close to "named side" the model draws the sprites but does not bind them to
 the words; if "either side" is low, the sprites themselves are the problem. Real renders are scored the same
 way as a ceiling.
+
+Before any image, the text encoder is asked whether it can tell each prompt from the same prompt with the two
+sides swapped ("A on the left and B on the right" against "A on the right and B on the left"): the least
+cosine similarity over their token states. At 1.0 the words carry no side at all and nothing downstream
+can place the sprites; it is reported for left/right and top/bottom pairs separately.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -27,7 +34,7 @@ import torch
 from PIL import Image
 
 from iris import IrisPipeline
-from iris.eval import eval_prompts, parse_budgets
+from iris.eval import eval_prompts, parse_budgets, phrase
 from iris.hub import demo_model_path
 from iris.judge import half_view, judge_images, load_judge
 from iris.train.emoji import EMOJI
@@ -35,20 +42,25 @@ from iris.train.emoji import EMOJI
 _OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
 
-def score(images: list[Image.Image], prompts, judge) -> dict[str, float]:
+def score(images: list[Image.Image], prompts, judge) -> dict[str, float | str]:
     """The per-sprite rates (see the module docstring) of `images`, one per pair prompt."""
-    views, wants, order = [], [], []
+    views, wants, order, across = [], [], [], []
     for image, p in zip(images, prompts):
         for k, (e, side) in enumerate(zip(p.scene.emoji, p.scene.positions)):
             views += [half_view(image, side), half_view(image, _OPPOSITE[side])]
             wants.append(EMOJI[e].char)
+            across.append(side in ("left", "right"))
             # which sprite the prompt names first: phrase() names scene.emoji[0] first
             order.append(k)
     verdict = judge_images(views, judge)
     named = np.array([verdict.top5[2 * i][0] == w for i, w in enumerate(wants)])
     other = np.array([verdict.top5[2 * i + 1][0] == w for i, w in enumerate(wants)])
-    order_a = np.array(order)
+    order_a, across_a = np.array(order), np.array(across)
     both = named.reshape(-1, 2).all(1)
+
+    def rate(hits: np.ndarray, keep: np.ndarray) -> float:
+        return float(hits[keep].mean()) if keep.any() else float("nan")
+
     return {
         "positions (both named side)": float(both.mean()),
         "named side": float(named.mean()),
@@ -56,7 +68,31 @@ def score(images: list[Image.Image], prompts, judge) -> dict[str, float]:
         "either side": float((named | other).mean()),
         "first named": float(named[order_a == 0].mean()),
         "second named": float(named[order_a == 1].mean()),
+        "left/right: named / other side": f"{rate(named, across_a):.1%} / {rate(other, across_a):.1%}",
+        "top/bottom: named / other side": f"{rate(named, ~across_a):.1%} / {rate(other, ~across_a):.1%}",
     }
+
+
+def side_swap_similarity(pipe: IrisPipeline, prompts) -> dict[str, float]:
+    """Per axis (left/right, top/bottom): the mean over pair prompts of the least cosine similarity, over
+    token positions, between the text states [L, D] of the prompt and of the same prompt with its two sides
+    swapped; and the share of prompts where that least similarity is above 0.99 (sides indistinguishable)."""
+    by_axis: dict[str, list[float]] = {}
+    for q in prompts:
+        swapped = dataclasses.replace(q.scene, positions=[_OPPOSITE[s] for s in q.scene.positions])
+        with torch.no_grad():
+            cond = pipe.text_encoder.encode([q.text, phrase(swapped, q.phrasing)])
+        n = int(cond.mask.sum(1).min())
+        cos = torch.nn.functional.cosine_similarity(cond.tokens[0, :n], cond.tokens[1, :n], dim=-1)
+        axis = "left/right" if q.scene.positions[0] in ("left", "right") else "top/bottom"
+        by_axis.setdefault(axis, []).append(float(cos.min()))
+    out = {}
+    for axis, values in sorted(by_axis.items()):
+        v = np.array(values)
+        out[f"{axis}: least token similarity to the swap"] = float(v.mean())
+        out[f"{axis}: sides indistinguishable (> 0.99)"] = float((v > 0.99).mean())
+        out[f"{axis}: prompts"] = float(len(v))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = IrisPipeline.from_pretrained(args.model or demo_model_path())
     judge = load_judge()
     prompts = [q for q in eval_prompts(0, args.pairs, args.seeds) if len(q.scene.emoji) == 2]
+    text = side_swap_similarity(pipe, prompts[:: args.seeds])
+    print("text encoder, prompt against its side-swapped twin:")
+    for k, v in text.items():
+        print(f"  {k}: {v:.0f}" if k.endswith("prompts") else f"  {k}: {v:.3f}")
     images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed,
                             preview_fraction=None).images[0] for q in prompts]
     rows = {"real renders": score([q.scene.image for q in prompts], prompts, judge),
@@ -83,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[k]:.1%}" for k in keys) + " |")
+        print(f"| {name} | " + " | ".join(v if isinstance(v := row[k], str) else f"{v:.1%}" for k in keys) + " |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({**rows, "text encoder": text}, f, indent=2)
     return 0
 
 
