@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", nargs="*", default=[], help="exports whose adapters are added")
     p.add_argument("--out", required=True)
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16)")
-    p.add_argument("--shares", help="a sibling model folder: write only the base's generator and config, sharing "
-                   "the rest with it")
+    p.add_argument("--shares", help="a sibling model folder: write the base's generator and config (and its text "
+                   "encoder or preview decoder where they differ), sharing the rest with it")
     p.add_argument("--name", default="", help="with --shares: the model's name")
     p.add_argument("--position-embedding", action="store_true",
                    help="add the grid position embedding to the base's generator, map zero (see above)")
