@@ -209,22 +209,44 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, error: type[Exc
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
                 raise err(f"{where}.{name}: expected a list")
-            kwargs[name] = tuple(value)
+            kind = type(default[0]) if default else None  # a default's entries say the entries' type
+            kwargs[name] = tuple(value if kind is None else
+                                 [_scalar(kind(), item, f"{where}.{name}[{i}]", err) for i, item in enumerate(value)])
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise err(f"{where}.{name}: expected true/false")
             kwargs[name] = value
-        elif isinstance(default, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise err(f"{where}.{name}: expected a number, got {value!r}")
-            kwargs[name] = type(default)(value) if isinstance(default, float) else value
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise err(f"{where}.{name}: expected a string")
-            kwargs[name] = value
+        elif isinstance(default, (int, float, str)):
+            kwargs[name] = _scalar(default, value, f"{where}.{name}", err)
         else:  # a list (a list default), or anything for an optional field (a list read as a tuple)
             kwargs[name] = tuple(value) if default is None and isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def _scalar(default: Any, value: Any, where: str, err: type[Exception]) -> Any:
+    """`value` as the type of `default` (an int, float or str), or `err` naming `where`. A whole number written
+    as a float (192.0) is an int; 192.5 (or NaN) where an int belongs is refused, not handed to torch."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise err(f"{where}: expected a string, got {_shown(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(f"{where}: expected a number, got {_shown(value)}")
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 400 digits
+            raise err(f"{where}: {_shown(value)} is too large") from None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise err(f"{where}: expected a whole number, got {_shown(value)}")
+        return int(value)
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + f"... ({len(text)} characters)"
 
 
 def _variant(name: str, resolution: int, dim: int, heads: int, vae: tuple[int, ...], **gen: Any) -> IrisConfig:

@@ -51,6 +51,18 @@ def test_integers_are_accepted_for_float_fields():
     assert cfg.vae.scale == 2.0 and isinstance(cfg.vae.scale, float)
 
 
+def test_whole_floats_are_accepted_for_int_fields():
+    cfg = IrisConfig.from_dict({"generator": {"dim": 96.0}, "vae": {"channels": [32.0, 64]}})
+    assert cfg.generator.dim == 96 and isinstance(cfg.generator.dim, int)
+    assert cfg.vae.channels == (32, 64) and all(isinstance(c, int) for c in cfg.vae.channels)
+
+
+def test_a_long_bad_value_is_shortened_in_the_error():
+    with pytest.raises(ModelLoadError) as err:
+        IrisConfig.from_dict({"name": ["y" * 500]})
+    assert len(str(err.value)) < 200
+
+
 @pytest.mark.parametrize("data,fragment", [
     ({"bogus": 1}, "bogus"),
     ({"generator": {"dimm": 64}}, "dimm"),
@@ -61,6 +73,11 @@ def test_integers_are_accepted_for_float_fields():
     ({"name": 5}, "name"),
     ({"sampler": {"guidance": None}}, "guidance"),
     ({"text": []}, "text"),
+    ({"generator": {"dim": 192.5}}, "whole number"),
+    ({"generator": {"dim": float("nan")}}, "whole number"),
+    ({"vae": {"channels": [64, "128", 256]}}, r"channels\[1\]"),
+    ({"vae": {"channels": [64, 128.5]}}, r"channels\[1\]"),
+    ({"vae": {"scale": 10 ** 400}}, "too large"),
 ])
 def test_from_dict_rejects_unknown_keys_and_wrong_types(data, fragment):
     with pytest.raises(ModelLoadError, match=fragment):
