@@ -40,6 +40,24 @@ from iris.judge import half_view, judge_images, load_judge
 from iris.train.emoji import EMOJI
 
 _OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+# pair prompts in forms the caption templates never produce ({s1}/{s2}: "left", "top", ...)
+NOVEL_PHRASINGS = (
+    "{s1}: {a1}; {s2}: {a2}; the background is {c}",
+    "{a1} {rel} {a2}, everything on {ac} backdrop",
+    "the {s1} half shows {a1} and the {s2} half shows {a2}, over {c}",
+    "on the {s2} there is {a2}, and on the {s1} there is {a1}; {c} background",
+)
+_RELATION = {"left": "to the left of", "right": "to the right of", "top": "above", "bottom": "below"}
+
+
+def novel_phrase(scene, phrasing: int) -> str:
+    """A held-out pair scene's prompt in one of NOVEL_PHRASINGS."""
+    from iris.train.emoji import COLORS, article
+
+    (e1, e2), (p1, p2) = scene.emoji, scene.positions
+    n1, n2, c = EMOJI[e1].name, EMOJI[e2].name, COLORS[scene.color].name
+    return NOVEL_PHRASINGS[phrasing % len(NOVEL_PHRASINGS)].format(
+        s1=p1, s2=p2, a1=article(n1), a2=article(n2), rel=_RELATION[p1], c=c, ac=article(c))
 
 
 def score(images: list[Image.Image], prompts, judge) -> dict[str, float | str]:
@@ -114,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     print("text encoder, prompt against its side-swapped twin:")
     for k, v in text.items():
         print(f"  {k}: {v:.0f}" if k.endswith("prompts") else f"  {k}: {v:.3f}")
-    images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed,
-                            preview_fraction=None).images[0] for q in prompts]
-    rows = {"real renders": score([q.scene.image for q in prompts], prompts, judge),
-            f"{steps} x {iterations}": score(images, prompts, judge)}
+    novel = [dataclasses.replace(q, text=novel_phrase(q.scene, i)) for i, q in enumerate(prompts)]
+    rows = {"real renders": score([q.scene.image for q in prompts], prompts, judge)}
+    for name, group in (("", prompts), (", new phrasings", novel)):
+        for regional in (False, True):
+            images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed, regional=regional,
+                                    preview_fraction=None).images[0] for q in group]
+            label = f"{steps} x {iterations}{name}" + (", regional" if regional else "")
+            rows[label] = score(images, group, judge)
     keys = list(next(iter(rows.values())))
     print(f"{len(prompts)} two-sprite prompts ({args.pairs} scenes x {args.seeds} seeds)")
     print("| | " + " | ".join(keys) + " |")

@@ -83,6 +83,7 @@ class Budget:
     sampler: str
     shift: float
     exit_threshold: float | None
+    regional: bool = True  # place the prompt's subjects where it says (`iris.layout`)
 
 
 

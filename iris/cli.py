@@ -42,6 +42,9 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--exit-threshold", type=float, help="adaptive exit: stop iterating once the core state settles")
+    p.add_argument("--no-regional", dest="regional", action="store_false", default=None,
+                   help="ignore where the prompt places its subjects (\"a cat on the left\"): one reading for the "
+                        "whole image")
     p.add_argument("--output", "-o", default=None, help="output PNG (default: <task>-<seed>.png)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--compile", action="store_true",
@@ -55,7 +58,7 @@ def _task_pipeline(args: argparse.Namespace):
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
     return dict(negative_prompt=args.negative, steps=args.steps, iterations=args.iterations, guidance=args.guidance,
-                seed=args.seed, sampler=args.sampler, exit_threshold=args.exit_threshold)
+                seed=args.seed, sampler=args.sampler, exit_threshold=args.exit_threshold, regional=args.regional)
 
 
 def _progress(quiet: bool):

@@ -104,6 +104,7 @@ class SamplerConfig:
     guidance: float = 3.0
     shift: float = 1.0  # timestep shift; >1 spends more steps at high noise
     sampler: str = "euler"  # "euler" | "heun" | "consistency"
+    regional: bool = True  # draw each subject the prompt places ("on the left") in its region (`iris.layout`)
 
 
 @dataclass

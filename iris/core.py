@@ -27,7 +27,16 @@ from .budget import Budget, BudgetCost, IrisResult, PreviewCallback, PreviewEven
 from .config import IrisConfig, variant_config
 from .errors import GenerationCancelled, InvalidInputError, ModelLoadError
 from .hub import load_weights, resolve_model, save_weights, stored_float_dtype
-from .inputs import check_device, check_float, check_int, check_prompt, check_seed, round_size, tensor_to_pil
+from .inputs import (
+    check_bool,
+    check_device,
+    check_float,
+    check_int,
+    check_prompt,
+    check_seed,
+    round_size,
+    tensor_to_pil,
+)
 from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, PREVIEW_FRACTION, max_model_parameters
 from .models.generator import IrisGenerator, TextCondition
 from .models.text import TextEncoder, build_text_encoder
@@ -260,7 +269,8 @@ class IrisCore:
 
     # ------------------------------------------------------------------------------------------ checking
     def check_budget(self, steps: Any = None, iterations: Any = None, guidance: Any = None,
-                     sampler: str | None = None, shift: Any = None, exit_threshold: Any = None) -> Budget:
+                     sampler: str | None = None, shift: Any = None, exit_threshold: Any = None,
+                     regional: Any = None) -> Budget:
         """Validate budget settings, filling defaults from the model config."""
         d = self.config.sampler
         sampler = sampler or d.sampler
@@ -275,6 +285,7 @@ class IrisCore:
             shift=check_float("shift", d.shift if shift is None else shift, 0.05, 20.0),
             exit_threshold=None if exit_threshold in (None, 0, 0.0)
             else check_float("exit_threshold", exit_threshold, 0.0, 1.0),
+            regional=d.regional if regional is None else check_bool("regional", regional),
         )
 
     def check_size(self, width: Any, height: Any) -> tuple[int, int]:
@@ -286,21 +297,22 @@ class IrisCore:
 
     # ---------------------------------------------------------------------------------------- internals
     @torch.inference_mode()
-    def encode_text(self, prompts: list[str]) -> TextCondition:
-        """Per-token text states for prompts, cached by prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+    def encode_text(self, prompts: list[str], regional: bool = False) -> TextCondition:
+        """Per-token text states for prompts, cached by prompt; `regional` adds where each prompt places
+        its subjects (`TextCondition.regions`)."""
+        keys = [(p, regional) for p in prompts]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._text_cache]
         if missing:
-            cond = self.text_encoder.encode(missing)
-            for i, p in enumerate(missing):
+            cond = self.text_encoder.encode([p for p, _ in missing], regional=regional)
+            for i, key in enumerate(missing):
                 mask = None if cond.mask is None else cond.mask[i : i + 1]
-                self._text_cache[p] = TextCondition(cond.tokens[i : i + 1], mask)
+                regions = None if cond.regions is None else (cond.regions[0][i : i + 1], cond.regions[1][i : i + 1])
+                self._text_cache[key] = TextCondition(cond.tokens[i : i + 1], mask, regions=regions)
                 while len(self._text_cache) > 64:
                     self._text_cache.popitem(last=False)
-        for p in prompts:
-            self._text_cache.move_to_end(p)
-        parts = [self._text_cache[p] for p in prompts]
-        mask = None if parts[0].mask is None else torch.cat([c.mask for c in parts])
-        return TextCondition(torch.cat([c.tokens for c in parts]), mask)
+        for key in keys:
+            self._text_cache.move_to_end(key)
+        return TextCondition.cat([self._text_cache[key] for key in keys])
 
     def initial_noise(self, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise from a seeded CPU generator (same seed, same noise on every device)."""
@@ -341,13 +353,13 @@ class IrisCore:
         with_prompt, with_negative = sampling.guidance_branches(budget.guidance)
         use_cfg = with_prompt and with_negative
         if use_cfg:
-            cond, uncond = self.encode_text([prompt] * b), self.encode_text([negative_prompt] * b)
-            if cond.tokens.shape[1] != uncond.tokens.shape[1]:
+            cond = self.encode_text([prompt] * b, budget.regional)
+            uncond = self.encode_text([negative_prompt] * b)
+            if cond.tokens.shape[1] != uncond.tokens.shape[1] and (cond.mask is None or uncond.mask is None):
                 raise InvalidInputError("prompt and negative prompt encode to different lengths")
-            mask = None if cond.mask is None else torch.cat([cond.mask, uncond.mask])
-            text = TextCondition(torch.cat([cond.tokens, uncond.tokens]), mask)
+            text = TextCondition.cat([cond, uncond])
         else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
-            text = self.encode_text([prompt if with_prompt else negative_prompt] * b)
+            text = self.encode_text([prompt if with_prompt else negative_prompt] * b, budget.regional and with_prompt)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
         state_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "core_state"))
         noise_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "consistency"))
@@ -402,7 +414,8 @@ class IrisCore:
             "task": task, "model": self.config.name, "model_source": self.source, "prompt": prompt,
             "negative_prompt": negative_prompt, "steps": budget.steps, "iterations": budget.iterations,
             "guidance": budget.guidance, "sampler": budget.sampler, "shift": budget.shift,
-            "exit_threshold": budget.exit_threshold, "seed": seed, "width": width, "height": height,
+            "exit_threshold": budget.exit_threshold, "regional": budget.regional, "seed": seed, "width": width,
+            "height": height,
         }
 
     # ------------------------------------------------------------------------------------------- tasks
@@ -420,12 +433,16 @@ class IrisCore:
         sampler: str | None = None,
         shift: float | None = None,
         exit_threshold: float | None = None,
+        regional: bool | None = None,
         on_preview: PreviewCallback | None = None,
         preview_fraction: float | None = PREVIEW_FRACTION,
     ) -> IrisResult:
-        """Text to image. Sizes are rounded to multiples of `latent_factor`; defaults come from the config."""
+        """Text to image. Sizes are rounded to multiples of `latent_factor`; defaults come from the config.
+
+        regional: draw the subjects the prompt places ("a cat on the left and a dog on the right") in
+        their regions (`iris.layout`); None takes the model's default (on)."""
         prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative_prompt")
-        budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold)
+        budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold, regional)
         seed = check_seed(seed)
         width, height = self.check_size(width, height)
         n = check_int("num_images", num_images, 1, MAX_IMAGES)

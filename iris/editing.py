@@ -6,7 +6,7 @@
     pipe.control(edges, "a sun", kind="canny", weight=1.0, start=0.0, end=1.0)
 
 Every task takes the budget arguments of `generate` (steps, iterations, guidance, seed, sampler, shift,
-exit_threshold, negative_prompt, on_preview, preview_fraction) and returns an `IrisResult` whose params
+exit_threshold, regional, negative_prompt, on_preview, preview_fraction) and returns an `IrisResult` whose params
 hold every setting needed to reproduce it. Images and masks may be PIL images, paths, bytes or numpy
 arrays; every number is checked and a bad one raises `InvalidInputError`.
 
@@ -45,10 +45,10 @@ MAX_UPSCALE_SIDE = 16384
 # ------------------------------------------------------------------------------------------------ checks
 def _check_common(pipe: IrisCore, prompt: Any, negative_prompt: Any, steps: Any, iterations: Any,
                   guidance: Any, seed: Any, sampler: Any, shift: Any, exit_threshold: Any,
-                  ) -> tuple[str, str, Budget, int]:
+                  regional: Any = None) -> tuple[str, str, Budget, int]:
     prompt = check_prompt(prompt)
     negative_prompt = check_prompt(negative_prompt, "negative_prompt")
-    budget = pipe.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold)
+    budget = pipe.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold, regional)
     return prompt, negative_prompt, budget, check_seed(seed)
 
 
@@ -156,6 +156,7 @@ def edit(
     sampler: str | None = None,
     shift: float | None = None,
     exit_threshold: float | None = None,
+    regional: bool | None = None,
     on_preview: PreviewCallback | None = None,
     preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
@@ -168,7 +169,8 @@ def edit(
     """
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
-                                                          guidance, seed, sampler, shift, exit_threshold)
+                                                          guidance, seed, sampler, shift, exit_threshold,
+                                                          regional)
     strength = check_option("edit", "strength", strength)
     img = open_image(image)
     w, h = img.size
@@ -242,6 +244,7 @@ def inpaint(
     sampler: str | None = None,
     shift: float | None = None,
     exit_threshold: float | None = None,
+    regional: bool | None = None,
     on_preview: PreviewCallback | None = None,
     preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
@@ -264,7 +267,8 @@ def inpaint(
     """
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
-                                                          guidance, seed, sampler, shift, exit_threshold)
+                                                          guidance, seed, sampler, shift, exit_threshold,
+                                                          regional)
     mask_blur = check_option("inpaint", "mask_blur", mask_blur)
     masked_only = check_option("inpaint", "masked_only", masked_only)
     padding = check_option("inpaint", "padding", padding)
@@ -513,6 +517,7 @@ def upscale(
     sampler: str | None = None,
     shift: float | None = None,
     exit_threshold: float | None = None,
+    regional: bool | None = None,
     on_preview: PreviewCallback | None = None,
     preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
@@ -530,7 +535,8 @@ def upscale(
     """
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
-                                                          guidance, seed, sampler, shift, exit_threshold)
+                                                          guidance, seed, sampler, shift, exit_threshold,
+                                                          regional)
     scale = check_scale(scale)
     strength = check_option("upscale", "strength", strength)
     tile = check_tile(pipe, tile)
@@ -580,6 +586,7 @@ def control(
     sampler: str | None = None,
     shift: float | None = None,
     exit_threshold: float | None = None,
+    regional: bool | None = None,
     on_preview: PreviewCallback | None = None,
     preview_fraction: float | None = PREVIEW_FRACTION,
 ) -> IrisResult:
@@ -596,7 +603,8 @@ def control(
     """
     t_start = time.perf_counter()
     prompt, negative_prompt, budget, seed = _check_common(pipe, prompt, negative_prompt, steps, iterations,
-                                                          guidance, seed, sampler, shift, exit_threshold)
+                                                          guidance, seed, sampler, shift, exit_threshold,
+                                                          regional)
     kind = control_maps.check_kind(kind)
     if f"control_{kind}" not in pipe.adapters:
         have = control_kinds(pipe)

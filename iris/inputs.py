@@ -58,6 +58,13 @@ def check_float(name: str, value: Any, lo: float, hi: float) -> float:
     return number
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """True or False (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be true or false, got {value!r:.60}")
+    return value
+
+
 def check_seed(value: Any) -> int:
     """A seed in [0, 2^63 - 1]."""
     return check_int("seed", value, 0, MAX_SEED)

@@ -53,12 +53,55 @@ class TextCondition:
     tokens: torch.Tensor
     mask: torch.Tensor | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # cross-attention keys/values
+    # where the prompt places its subjects (`iris.layout`): which reading of the prompt each token belongs to,
+    # [B, L] long (0: the prompt as written, k: placement k's variant), and placement k's region box in
+    # row k - 1 of [B, K, 4] (x0, y0, x1, y1 fractions)
+    regions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def attention_mask(self, h: int, w: int) -> torch.Tensor | None:
+        """The cross-attention mask of an h x w image grid: [B, 1, 1, L] from the padding mask alone, or
+        [B, 1, h*w, L] when subjects are placed (each image token hears its own region's reading)."""
+        if self.regions is None:
+            return None if self.mask is None else self.mask[:, None, None, :]
+        key = ("regions", h, w)
+        if key not in self.cache:
+            from ..layout import region_attention_mask
+
+            allowed = region_attention_mask(*self.regions, h, w).to(self.tokens.device)
+            self.cache[key] = allowed if self.mask is None else allowed & self.mask[:, None, None, :]
+        return self.cache[key]
+
+    @staticmethod
+    def cat(parts: list[TextCondition]) -> TextCondition:
+        """The conditions of `parts` stacked along the batch; shorter ones are padded with masked tokens."""
+        n = max(p.tokens.shape[1] for p in parts)
+        if any(p.tokens.shape[1] != n for p in parts) and any(p.mask is None for p in parts):
+            raise ValueError("text conditions of different lengths need padding masks")
+        tokens, masks, labels, boxes = [], [], [], []
+        k = max((p.regions[1].shape[1] for p in parts if p.regions is not None), default=0)
+        for p in parts:
+            b, length, d = p.tokens.shape
+            pad = n - length
+            tokens.append(torch.cat([p.tokens, p.tokens.new_zeros(b, pad, d)], 1) if pad else p.tokens)
+            if p.mask is not None:
+                masks.append(torch.cat([p.mask, p.mask.new_zeros(b, pad)], 1) if pad else p.mask)
+            lab, box = p.regions if p.regions is not None else (torch.zeros(b, length, dtype=torch.long),
+                                                                 torch.zeros(b, 0, 4))
+            labels.append(torch.cat([lab, lab.new_zeros(b, pad)], 1))
+            boxes.append(torch.cat([box, box.new_zeros(b, k - box.shape[1], 4)], 1))
+        mask = torch.cat(masks) if len(masks) == len(parts) else None
+        regions = (torch.cat(labels), torch.cat(boxes)) if k else None
+        return TextCondition(torch.cat(tokens), mask, regions=regions)
 
     def pooled(self) -> torch.Tensor:
-        """Mean of the valid token states, [B, Dt]."""
-        if self.mask is None:
+        """Mean of the valid token states of the prompt as written, [B, Dt]."""
+        mask = self.mask
+        if self.regions is not None:
+            own = self.regions[0] == 0
+            mask = own if mask is None else mask & own
+        if mask is None:
             return self.tokens.mean(1)
-        m = self.mask.to(self.tokens.dtype)[..., None]
+        m = mask.to(self.tokens.dtype)[..., None]
         return (self.tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
@@ -102,7 +145,8 @@ class CoreLayer(nn.Module):
         sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table.broadcast(mod, x.dim())
         b, h, w, d = x.shape
         x = torch.addcmul(x, self.mixer(torch.addcmul(sh1, self.norm1(x), sc1)), g1)
-        y = self.cross(torch.addcmul(sh2, self.norm2(x), sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
+        y = self.cross(torch.addcmul(sh2, self.norm2(x), sc2).view(b, h * w, d), text.tokens,
+                       text.attention_mask(h, w), text.cache)
         x = torch.addcmul(x, y.view(b, h, w, d), g2)
         return torch.addcmul(x, self.ffn(torch.addcmul(sh3, self.norm3(x), sc3)), g3)
 

@@ -86,9 +86,10 @@ class CrossAttention(nn.Module):
         k, v = self.kv(text).view(b, n, 2, self.heads, -1).unbind(2)
         return self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, text: torch.Tensor, attn_mask: torch.Tensor | None,
                 cache: dict | None = None) -> torch.Tensor:
-        """`cache` (a dict living as long as the text) keeps keys/values across core iterations and steps;
+        """attn_mask: which text tokens each image token may see, [B, 1, 1 or N, L] bool (None: all).
+        `cache` (a dict living as long as the text) keeps keys/values across core iterations and steps;
         it is only used without autograd, so training still back-propagates into the text path."""
         b, n, d = x.shape
         hd = d // self.heads
@@ -100,8 +101,7 @@ class CrossAttention(nn.Module):
             if use_cache:
                 cache[id(self)] = kv
         k, v = kv
-        mask = None if text_mask is None else text_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 

@@ -91,7 +91,8 @@ def core_layer_forward(self: generator.CoreLayer, x: torch.Tensor, mod: torch.Te
     sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = self.table(mod)
     b, h, w, d = x.shape
     x = add_gated(x, self.mixer(modulate(self.norm1(x), sh1, sc1)), g1)
-    y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.mask, text.cache)
+    y = self.cross(modulate(self.norm2(x), sh2, sc2).view(b, h * w, d), text.tokens, text.attention_mask(h, w),
+                   text.cache)
     x = add_gated(x, y.view(b, h, w, d), g2)
     return add_gated(x, self.ffn(modulate(self.norm3(x), sh3, sc3)), g3)
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import TextConfig
+from ..layout import parse_layout
 from .generator import TextCondition
 
 SOT, EOT = 49406, 49407
@@ -61,8 +62,25 @@ class TextEncoder(nn.Module):
         """Prompts -> the ids [B, max_length] `forward` takes (words outside a compact vocabulary left out)."""
         return tokenize(prompts, self.config.max_length, self.known_ids())
 
-    def encode(self, prompts: list[str]) -> TextCondition:
-        return self(self.token_ids(prompts).to(self.device))
+    def encode(self, prompts: list[str], regional: bool = False) -> TextCondition:
+        """regional: a prompt that places subjects ("a cat on the left and a dog on the right") is also read
+        once per placed subject (`iris.layout`); its row then holds those readings after the prompt's own
+        tokens, [B, (K + 1) * L, dim], with `regions` saying which tokens belong to which region."""
+        layouts = [parse_layout(p) for p in prompts] if regional else [None] * len(prompts)
+        if all(layout is None for layout in layouts):
+            return self(self.token_ids(prompts).to(self.device))
+        texts = [t for p, layout in zip(prompts, layouts) for t in [p] + (layout.variants() if layout else [])]
+        read = self(self.token_ids(texts).to(self.device))
+        rows, start = [], 0
+        for layout in layouts:
+            k = len(layout.placements) if layout else 0
+            part = slice(start, start + k + 1)
+            tokens, mask = read.tokens[part].flatten(0, 1)[None], read.mask[part].flatten()[None]
+            labels = torch.arange(k + 1).repeat_interleave(read.tokens.shape[1])[None]
+            boxes = layout.boxes()[None] if layout else torch.zeros(1, 0, 4)
+            rows.append(TextCondition(tokens, mask, regions=(labels, boxes)))
+            start += k + 1
+        return TextCondition.cat(rows)
 
     @property
     def device(self) -> torch.device:
