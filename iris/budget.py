@@ -83,7 +83,7 @@ class Budget:
     sampler: str
     shift: float
     exit_threshold: float | None
-    regional: bool = True  # place the prompt's subjects where it says (`iris.layout`)
+    regional: bool  # place the prompt's subjects where it says (`iris.layout`)
 
 
 

@@ -354,10 +354,7 @@ class IrisCore:
         use_cfg = with_prompt and with_negative
         if use_cfg:
             cond = self.encode_text([prompt] * b, budget.regional)
-            uncond = self.encode_text([negative_prompt] * b)
-            if cond.tokens.shape[1] != uncond.tokens.shape[1] and (cond.mask is None or uncond.mask is None):
-                raise InvalidInputError("prompt and negative prompt encode to different lengths")
-            text = TextCondition.cat([cond, uncond])
+            text = TextCondition.cat([cond, self.encode_text([negative_prompt] * b)])
         else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
             text = self.encode_text([prompt if with_prompt else negative_prompt] * b, budget.regional and with_prompt)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)

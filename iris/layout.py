@@ -113,10 +113,6 @@ def _region(m: re.Match) -> str:
     return f"{v} {h}" if v and h else v or h or "left"
 
 
-def _spans(pattern: re.Pattern, text: str) -> list[re.Match]:
-    return list(pattern.finditer(text))
-
-
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     """[start, end) without leading joining words and trailing verbs ("is", "sits") or spaces."""
     seg = text[start:end]
@@ -134,7 +130,7 @@ def parse_layout(prompt: str) -> Layout | None:
     text = prompt
     # place words: (start, end, region, subject side: "before" / "after" / "either")
     marks: list[tuple[int, int, str, str]] = []
-    for m in _spans(_LABEL, text):
+    for m in _LABEL.finditer(text):
         marks.append((m.start(), m.end(), _region(m), "after"))
     taken = [(a, b) for a, b, _, _ in marks]
 
@@ -142,18 +138,18 @@ def parse_layout(prompt: str) -> Layout | None:
         return all(b <= x or a >= y for x, y in taken)
 
     for pattern in (_PLACED, _ON_TOP, _BARE):
-        for m in _spans(pattern, text):
+        for m in pattern.finditer(text):
             if free(m.start(), m.end()):
                 region = "top" if pattern is _ON_TOP else _region(m)
                 marks.append((m.start(), m.end(), region, "before" if pattern is _BARE else "either"))
                 taken.append((m.start(), m.end()))
-    relations = [m for m in _spans(_RELATION, text) if free(m.start(), m.end())]
-    background = [(m.start(), m.end()) for m in _spans(_BACKGROUND, text)]
+    relations = [m for m in _RELATION.finditer(text) if free(m.start(), m.end())]
+    background = [(m.start(), m.end()) for m in _BACKGROUND.finditer(text)]
     if not marks and not relations:
         return None
 
     # boundaries a subject's words never cross: punctuation, joining words, backgrounds, other place words
-    stops = sorted({(m.start(), m.end()) for m in _spans(_BREAK, text)} | set(background)
+    stops = sorted({(m.start(), m.end()) for m in _BREAK.finditer(text)} | set(background)
                    | {(a, b) for a, b, _, _ in marks} | {(m.start(), m.end()) for m in relations})
 
     def before(pos: int) -> tuple[int, int]:

@@ -85,10 +85,11 @@ class TextCondition:
             tokens.append(torch.cat([p.tokens, p.tokens.new_zeros(b, pad, d)], 1) if pad else p.tokens)
             if p.mask is not None:
                 masks.append(torch.cat([p.mask, p.mask.new_zeros(b, pad)], 1) if pad else p.mask)
-            lab, box = p.regions if p.regions is not None else (torch.zeros(b, length, dtype=torch.long),
-                                                                 torch.zeros(b, 0, 4))
-            labels.append(torch.cat([lab, lab.new_zeros(b, pad)], 1))
-            boxes.append(torch.cat([box, box.new_zeros(b, k - box.shape[1], 4)], 1))
+            if k:
+                lab, box = p.regions if p.regions is not None else (torch.zeros(b, length, dtype=torch.long),
+                                                                     torch.zeros(b, 0, 4))
+                labels.append(torch.cat([lab, lab.new_zeros(b, pad)], 1))
+                boxes.append(torch.cat([box, box.new_zeros(b, k - box.shape[1], 4)], 1))
         mask = torch.cat(masks) if len(masks) == len(parts) else None
         regions = (torch.cat(labels), torch.cat(boxes)) if k else None
         return TextCondition(torch.cat(tokens), mask, regions=regions)
