@@ -264,6 +264,7 @@ class Studio:
             "steps": c.get("steps"),
             "iterations": c.get("iterations"),
             "sampler": c.get("sampler") or None,
+            "regional": c.get("regional"),
         }
         options = {o.name: c.get(o.name) for o in TASK_OPTIONS[task]}
         for side in ("width", "height"):  # 0: the model's size (or the control image's)
@@ -373,7 +374,7 @@ class Studio:
         yield skip, status_html(1.0, text, "done"), str(path), batch_params
 
     def run_grid(self, prompt: str, negative_prompt: str, seed: Any, guidance: float, sampler: str, width: Any,
-                 height: Any, grid_iterations: str, grid_steps: str):
+                 height: Any, grid_iterations: str, grid_steps: str, regional: Any = None):
         """The budget grid of the Generate tab: streams the grid picture as its cells finish, then saves it to
         the gallery with every cell's budget, time and NFE. Yields (grid image, status)."""
         from iris.grid import compose, parse_grid
@@ -382,7 +383,7 @@ class Studio:
             its, sts = parse_grid(grid_iterations or "", grid_steps or "", self.engine.info.max_iterations)
             kwargs = self.task_kwargs("generate", [], {"prompt": prompt, "negative_prompt": negative_prompt,
                                                        "seed": seed, "guidance": guidance, "sampler": sampler,
-                                                       "width": width, "height": height})
+                                                       "width": width, "height": height, "regional": regional})
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
         for key in ("steps", "iterations"):
@@ -686,7 +687,7 @@ class Studio:
             wire_gallery(self, g, tabs)
             wire_settings(self, s, header, notice)
             budget_controls = [tab.controls[k] for tab in self.tabs.values()
-                               for k in ("steps", "iterations", "guidance", "sampler")]
+                               for k in ("steps", "iterations", "guidance", "sampler", "regional")]
             mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
                         concurrency_limit=1, concurrency_id=RUN_GROUP)
             # a reloaded page shows what is saved now, not what was saved when the app was built
@@ -711,7 +712,7 @@ class Studio:
                 gr.Warning(f"Model switched, but the settings could not be saved: {err}")
         d = self.engine.info.defaults
         values = [gr.update(value=d["steps"]), gr.update(value=d["iterations"]), gr.update(value=d["guidance"]),
-                  gr.update(value=d["sampler"])]
+                  gr.update(value=d["sampler"]), gr.update(value=d["regional"])]
         notice = self.notice_md()
         return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *(values * len(self.tabs))]
 

@@ -160,6 +160,7 @@ class Engine:
                 "guidance": s.guidance,
                 "sampler": s.sampler,
                 "shift": s.shift,
+                "regional": s.regional,
             },
             adapters=list(cfg.adapters),
         )

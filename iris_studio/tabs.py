@@ -397,6 +397,11 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     value=info.defaults.get("sampler", "euler"),
                     label="Sampler",
                 )
+                controls["regional"] = gr.Checkbox(
+                    value=bool(info.defaults.get("regional", True)),
+                    label="Regional prompts: draw what the prompt places (\"a cat on the left\") where it says",
+                    elem_id=f"{task}-regional",
+                )
 
             with gr.Row():
                 run = gr.Button(RUN_LABELS[task], variant="primary", scale=3, elem_id=f"{task}-run")

@@ -302,7 +302,8 @@ def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, 
         return str(IrisPipeline.from_config(cfg, seed=0).save_pretrained(tmp_path / name))
 
     monkeypatch.setenv("IRIS_DEMO_MODEL", folder("teacher", steps=4, iterations=8, guidance=3.0, sampler="euler"))
-    monkeypatch.setenv("IRIS_FAST_MODEL", folder("student", steps=2, iterations=4, guidance=1.0, sampler="consistency"))
+    monkeypatch.setenv("IRIS_FAST_MODEL", folder("student", steps=2, iterations=4, guidance=1.0, sampler="consistency",
+                                                          regional=False))
     engine = Engine("demo")
     engine.load()
     settings_file = tmp_path / "cfg" / "settings.json"
@@ -310,11 +311,11 @@ def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, 
     out = studio.switch_mode("⚡ Fast")
     assert engine.spec == "fast" and engine.info.name == "student" and "student" in out[0]
     budgets = out[2:]
-    assert len(budgets) == 4 * len(studio.tabs)
-    assert [b["value"] for b in budgets[:4]] == [2, 4, 1.0, "consistency"]
+    assert len(budgets) == 5 * len(studio.tabs)
+    assert [b["value"] for b in budgets[:5]] == [2, 4, 1.0, "consistency", False]
     assert load_settings(settings_file)[0].model == "fast"
     back = studio.switch_mode("Quality")
-    assert engine.spec == "demo" and [b["value"] for b in back[2:6]] == [4, 8, 3.0, "euler"]
+    assert engine.spec == "demo" and [b["value"] for b in back[2:7]] == [4, 8, 3.0, "euler", True]
     assert "M-parameter generator" in studio.header_md()
 
 
@@ -378,3 +379,23 @@ def test_uploads_keep_16_bit_values_and_alpha_for_the_engine(studio, tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     got = studio.tabs["inpaint"].images[1].preprocess(FileData(path=str(tmp_path / "alpha.png")))
     assert np.asarray(open_mask(got, (32, 32))).sum() == 255 * 256
+
+
+def test_the_regional_prompts_checkbox_reaches_the_run_and_comes_back_from_its_png(studio, tmp_path):
+    """Advanced → Regional prompts: off is what the run uses and saves; a restored PNG sets the checkbox; a value
+    that is not true or false is refused in one line."""
+    from iris.pngmeta import save_png
+
+    assert studio.tabs["generate"].controls["regional"].value is True  # the engine's default
+    base = dict(prompt="a cat on the left and a dog on the right", seed=5, guidance=1.0, steps=1, iterations=1,
+                sampler="euler", width=32, height=32)
+    for value in (False, True):
+        params = run_all(studio, "generate", **base, regional=value)[-1][3]
+        assert params["regional"] is value
+    with pytest.raises(gr.Error, match="regional must be true or false"):
+        run_all(studio, "generate", **base, regional="yes")
+    path = save_png(Image.new("RGB", (32, 32)), tmp_path / "r.png", {"task": "generate", "prompt": "p",
+                                                                     "regional": False})
+    named = dict(zip(metadata.fields("generate"), studio.restore("generate", str(path))))
+    assert named["regional"] is False
+    assert metadata.coerce("regional", "false") is metadata.SKIP  # only a real boolean is restored
