@@ -46,10 +46,10 @@ _PLACED = re.compile(r"\b(?:on|at|to|in|towards?|along|near|by)\s+(?:the\s+)?(?:
 # "on top" (but not "on top of"), "up top", "down below" is left out: "below" is relational
 _ON_TOP = re.compile(r"\b(?:on|up)\s+top\b(?!\s+of\b)", re.I)
 # "left: A", "top half - A", "right = A"
-_LABEL = re.compile(r"(?:^|(?<=[,;:.(]\s)|(?<=[,;:.(])|(?<=\band\s))\s*(?:the\s+)?(?:" + _SIDE + r")" + _PART
-                    + r"(?:\s*[:=\u2013\u2014-]\s*|\s+(?:shows?|has|holds|contains|features|is)\s+)", re.I)
+_LABEL = re.compile(r"(?:^|(?<=[,;:.(|]\s)|(?<=[,;:.(|])|(?<=\band\s))[ \t]*(?:the\s+)?(?:" + _SIDE + r")" + _PART
+                    + r"(?:\s*[:=\u2013\u2014-]\s*|\s+(?:shows?|has|holds|contains|features|is)\s+)", re.I | re.M)
 # "A (left)", "A, left", "A left," at the end of a clause
-_BARE = re.compile(r"\(\s*(?:" + _SIDE + r")" + _PART + r"\s*\)|(?<=\w)\s+(?:" + _SIDE + r")" + _PART
+_BARE = re.compile(r"\(\s*(?:" + _SIDE + r")" + _PART + r"\s*\)|(?<=\w),?\s+(?:" + _SIDE + r")" + _PART
                    + r"(?=\s*(?:[,;.]|\band\b|$))", re.I)
 # "A to the left of B", "A above B", "A on top of B", "A underneath B"
 _RELATION = re.compile(r"\b(?:(?:is|are|sits|stands|placed|located)\s+)?(?:"
@@ -57,7 +57,7 @@ _RELATION = re.compile(r"\b(?:(?:is|are|sits|stands|placed|located)\s+)?(?:"
                        r"|(?P<up>above|on\s+top\s+of)"
                        r"|(?P<down>below|beneath|underneath|under))\b", re.I)
 # words that end a subject's phrase: punctuation and joining words
-_BREAK = re.compile(r"[,;:.!?()\[\]]|\b(?:and|while|plus|then|but|also|whereas)\b|&", re.I)
+_BREAK = re.compile(r"[,;:.!?()\[\]|\n\r]|\b(?:and|while|plus|then|but|also|whereas)\b|&", re.I)
 # a phrase that names the whole image's background, shared by every region
 _BACKGROUND = re.compile(r"(?:\b(?:on|over|against|with|in\s+front\s+of|upon)\s+)?(?:\b(?:a|an|the)\s+)?"
                          r"(?:[\w-]+\s+){0,3}?\b(?:background|backdrop|wall|backround|bg)s?\b"
@@ -157,9 +157,11 @@ def parse_layout(prompt: str) -> Layout | None:
         return _trim(text, left, pos)
 
     def after(pos: int) -> tuple[int, int]:
+        start = pos
         lead = re.match(r"[\s,;:\u2013\u2014-]*", text[pos:])  # "on the left, a cat": past the comma
         pos += lead.end() if lead else 0
-        right = min((a for a, b in stops if a >= pos), default=len(text))
+        # the first boundary past the skipped punctuation; a place word the skip ran into ends it at once
+        right = min((a for a, b in stops if a >= pos or (a >= start and b > pos)), default=len(text))
         return _trim(text, pos, right)
 
     placements: list[Placement] = []

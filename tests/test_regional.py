@@ -34,6 +34,11 @@ def placed(prompt: str) -> list[tuple[str, str]] | None:
     ("a top hat on the left with a ghost on the right", [("a top hat", "left"), ("a ghost", "right")]),
     ("a cat on the left side of the picture", [("a cat", "left")]),
     ("an image of a cat on the left and a dog on the right", [("a cat", "left"), ("a dog", "right")]),
+    ("a cat, left; a dog, right", [("a cat", "left"), ("a dog", "right")]),
+    ("top: a sun\nbottom: a fish", [("a sun", "top"), ("a fish", "bottom")]),
+    ("left:\n  a cat\nright:\n  a dog", [("a cat", "left"), ("a dog", "right")]),
+    ("top: a sun | bottom: a fish", [("a sun", "top"), ("a fish", "bottom")]),
+    ("left: ; right: a dog", [("a dog", "right")]),  # an empty label places nothing, and takes nothing
 ])
 def test_the_subjects_and_their_regions_are_read(prompt, want):
     assert placed(prompt) == want
