@@ -424,3 +424,23 @@ def test_login_page_logs_in_and_the_studio_works(page, tmp_path):
         page.close()
     finally:
         studio.stop()
+
+
+def test_regional_prompts_can_be_turned_off_under_advanced(app, page):
+    """Advanced → Regional prompts, unticked in the page, reaches the run: the saved PNG records it off."""
+    from iris.pngmeta import read_params
+
+    studio, base = app
+    open_studio(page, studio.url)
+    before = set((base / "outputs").rglob("*.png"))
+    page.locator("#tab-generate").get_by_text("Advanced", exact=True).first.click()
+    box = page.locator("#generate-regional input[type=checkbox]")
+    box.wait_for(state="visible")
+    assert box.is_checked()  # on by default
+    box.uncheck()
+    page.fill("#generate-prompt textarea", "a cat on the left and a dog on the right")
+    page.click("#generate-run")
+    page.wait_for_selector('#generate-status [data-state="done"]')
+    new = sorted(set((base / "outputs").rglob("*.png")) - before, key=lambda p: p.stat().st_mtime)
+    assert new and read_params(new[-1])["regional"] is False
+    box.check()  # leave the page as the other tests expect it
