@@ -34,6 +34,8 @@ REGIONS: dict[str, tuple[float, float, float, float]] = {
     "bottom right": (0.5, 0.5, 1.0, 1.0),
 }
 MAX_SUBJECTS = 8
+# place words are looked for in this many leading characters: far more than any text encoder reads
+MAX_LAYOUT_CHARS = 1000
 
 _VERTICAL = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
 _SIDE = r"(?:top|bottom|upper|lower)(?:[\s-]*(?:left|right))?(?:[\s-]*hand)?|(?:left|right)(?:[\s-]*hand)?"
@@ -60,8 +62,8 @@ _RELATION = re.compile(r"\b(?:(?:is|are|sits|stands|placed|located)\s+)?(?:"
 _BREAK = re.compile(r"[,;:.!?()\[\]|\n\r]|\b(?:and|while|plus|then|but|also|whereas)\b|&", re.I)
 # a phrase that names the whole image's background, shared by every region
 _BACKGROUND = re.compile(r"(?:\b(?:on|over|against|with|in\s+front\s+of|upon)\s+)?(?:\b(?:a|an|the)\s+)?"
-                         r"(?:[\w-]+\s+){0,3}?\b(?:background|backdrop|wall|backround|bg)s?\b"
-                         r"(?:\s+(?:of|colou?r(?:ed)?)\s+[\w-]+)?", re.I)
+                         r"(?:\b[\w-]{1,40}\s+){0,3}?\b(?:background|backdrop|wall|backround|bg)s?\b"
+                         r"(?:\s+(?:of|colou?r(?:ed)?)\s+[\w-]{1,40})?", re.I)
 _LEAD = re.compile(r"^(?:\s|\b(?:there\s+is|there's|with|is|are|and|an?\s+(?:image|picture|photo|drawing|painting)"
                    r"\s+of)\b)+", re.I)
 _TRAIL = re.compile(r"(?:\s|\b(?:is|are|sits|sitting|stands|standing|placed|located|appears|goes)\b)+$", re.I)
@@ -127,7 +129,7 @@ def parse_layout(prompt: str) -> Layout | None:
     """The subjects `prompt` places, or None when it places none (see the module docstring)."""
     if not isinstance(prompt, str) or not prompt.strip():
         return None
-    text = prompt
+    text = prompt[:MAX_LAYOUT_CHARS]  # spans index the prompt too: it starts with this
     # place words: (start, end, region, subject side: "before" / "after" / "either")
     marks: list[tuple[int, int, str, str]] = []
     for m in _LABEL.finditer(text):

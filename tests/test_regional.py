@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iris.layout import MAX_SUBJECTS, REGIONS, parse_layout, region_attention_mask
+from iris.layout import MAX_LAYOUT_CHARS, MAX_SUBJECTS, REGIONS, parse_layout, region_attention_mask
 from iris.models.generator import TextCondition
 from iris.models.layers import CrossAttention
 
@@ -146,3 +146,12 @@ def test_regional_must_be_a_bool(nano_pipe):
 
     with pytest.raises(InvalidInputError, match="regional must be true or false"):
         nano_pipe.generate("a cat on the left", steps=1, iterations=1, regional="yes")
+
+
+def test_place_words_are_read_only_near_the_start_of_a_long_prompt():
+    """What a text encoder never reads places nothing (and costs nothing to parse)."""
+    pad = "x" * MAX_LAYOUT_CHARS
+    assert parse_layout(pad + " a cat on the left") is None
+    layout = parse_layout("a dog on the right, " + pad + ", a cat on the left")
+    assert [(layout.subject(k), p.region) for k, p in enumerate(layout.placements)] == [("a dog", "right")]
+    assert layout.variants() == [layout.prompt]  # one subject: its region reads the prompt as written
