@@ -399,7 +399,8 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                 )
                 controls["regional"] = gr.Checkbox(
                     value=bool(info.defaults.get("regional", True)),
-                    label="Regional prompts: draw what the prompt places (\"a cat on the left\") where it says",
+                    label="Regional prompts",
+                    info="Draw what the prompt places (\"a cat on the left\") where it says",
                     elem_id=f"{task}-regional",
                 )
 
