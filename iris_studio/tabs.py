@@ -398,7 +398,7 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     label="Sampler",
                 )
                 controls["regional"] = gr.Checkbox(
-                    value=bool(info.defaults.get("regional", True)),
+                    value=bool(info.defaults["regional"]),
                     label="Regional prompts",
                     info="Draw what the prompt places (\"a cat on the left\") where it says",
                     elem_id=f"{task}-regional",
