@@ -54,6 +54,7 @@ IMAGE_INPUT_NAMES = {
     "control": ("control_image",),
 }
 MODES = ("Quality", "⚡ Fast")  # the bundled demo model, or its distilled student
+MODE_CONTROLS = ("steps", "iterations", "guidance", "sampler", "regional")  # set to the loaded model's defaults
 
 
 def theme_object(name: str) -> Any:
@@ -686,8 +687,7 @@ class Studio:
             wire_tasks(self, demo, tabs, g)
             wire_gallery(self, g, tabs)
             wire_settings(self, s, header, notice)
-            budget_controls = [tab.controls[k] for tab in self.tabs.values()
-                               for k in ("steps", "iterations", "guidance", "sampler", "regional")]
+            budget_controls = [tab.controls[k] for tab in self.tabs.values() for k in MODE_CONTROLS]
             mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
                         concurrency_limit=1, concurrency_id=RUN_GROUP)
             # a reloaded page shows what is saved now, not what was saved when the app was built
@@ -711,8 +711,7 @@ class Studio:
             except OSError as err:
                 gr.Warning(f"Model switched, but the settings could not be saved: {err}")
         d = self.engine.info.defaults
-        values = [gr.update(value=d["steps"]), gr.update(value=d["iterations"]), gr.update(value=d["guidance"]),
-                  gr.update(value=d["sampler"]), gr.update(value=d["regional"])]
+        values = [gr.update(value=d[k]) for k in MODE_CONTROLS]
         notice = self.notice_md()
         return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *(values * len(self.tabs))]
 
