@@ -12,6 +12,9 @@ sprite it reports:
 - first / second: the named-side rate for the sprite mentioned first and second in the prompt.
 - left/right, top/bottom: named side / other side for sprites placed across or up and down.
 
+Each set of prompts is drawn three ways: as written, with regional prompts (`iris.layout`), and composed
+(`iris.compose`: each placed subject drawn alone, then pasted into its region).
+
 If "other side" is close to "named side" the model draws the sprites but does not bind them to
 the words; if "either side" is low, the sprites themselves are the problem. Real renders are scored the same
 way as a ceiling.
@@ -135,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     novel = [dataclasses.replace(q, text=novel_phrase(q.scene, i)) for i, q in enumerate(prompts)]
     rows = {"real renders": score([q.scene.image for q in prompts], prompts, judge)}
     for name, group in (("", prompts), (", new phrasings", novel)):
-        for regional in (False, True):
-            images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed, regional=regional,
-                                    preview_fraction=None).images[0] for q in group]
-            label = f"{steps} x {iterations}{name}" + (", regional" if regional else "")
-            rows[label] = score(images, group, judge)
+        for mode in ("", ", regional", ", composed"):
+            images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed, regional=bool(mode),
+                                    compose=mode == ", composed", preview_fraction=None).images[0] for q in group]
+            rows[f"{steps} x {iterations}{name}{mode}"] = score(images, group, judge)
     keys = list(next(iter(rows.values())))
     print(f"{len(prompts)} two-sprite prompts ({args.pairs} scenes x {args.seeds} seeds)")
     print("| | " + " | ".join(keys) + " |")

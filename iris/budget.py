@@ -84,6 +84,7 @@ class Budget:
     shift: float
     exit_threshold: float | None
     regional: bool  # place the prompt's subjects where it says (`iris.layout`)
+    compose: bool = False  # text to image: draw each placed subject on its own, then paste it (`iris.compose`)
 
 
 

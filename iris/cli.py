@@ -88,8 +88,8 @@ def _save(result, args: argparse.Namespace, task: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     pipe = _task_pipeline(args)
-    result = pipe.generate(args.prompt, num_images=args.num_images, on_preview=_progress(args.quiet),
-                           **option_values("generate", args), **_common(args))
+    result = pipe.generate(args.prompt, num_images=args.num_images, compose=args.compose,
+                           on_preview=_progress(args.quiet), **option_values("generate", args), **_common(args))
     _save(result, args, "generate")
     return 0
 
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text to image")
     p.add_argument("prompt")
     add_arguments(p, "generate")
+    p.add_argument("--compose", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw each subject the prompt places on its own, then paste it where the prompt says (one "
+                        "run per subject; default: the model's)")
     p.add_argument("--num-images", "-n", type=int, default=1)
     _budget_args(p)
     p.set_defaults(func=cmd_generate)

@@ -105,6 +105,7 @@ class SamplerConfig:
     shift: float = 1.0  # timestep shift; >1 spends more steps at high noise
     sampler: str = "euler"  # "euler" | "heun" | "consistency"
     regional: bool = True  # draw each subject the prompt places ("on the left") in its region (`iris.layout`)
+    compose: bool = False  # text to image: draw each placed subject alone, then paste it there (`iris.compose`)
 
 
 @dataclass

@@ -11,6 +11,7 @@ Raise `GenerationCancelled` from it to stop a run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from torch import nn
 
 from . import sampling
 from .budget import Budget, BudgetCost, IrisResult, PreviewCallback, PreviewEvent, PreviewThrottle
+from .compose import compose, subject_seed
 from .config import IrisConfig, variant_config
 from .errors import GenerationCancelled, InvalidInputError, ModelLoadError
 from .hub import load_weights, resolve_model, save_weights, stored_float_dtype
@@ -34,9 +36,11 @@ from .inputs import (
     check_int,
     check_prompt,
     check_seed,
+    pil_to_tensor,
     round_size,
     tensor_to_pil,
 )
+from .layout import REGIONS, Layout, parse_layout
 from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, PREVIEW_FRACTION, max_model_parameters
 from .models.generator import IrisGenerator, TextCondition
 from .models.text import TextEncoder, build_text_encoder
@@ -270,7 +274,7 @@ class IrisCore:
     # ------------------------------------------------------------------------------------------ checking
     def check_budget(self, steps: Any = None, iterations: Any = None, guidance: Any = None,
                      sampler: str | None = None, shift: Any = None, exit_threshold: Any = None,
-                     regional: Any = None) -> Budget:
+                     regional: Any = None, compose: Any = None) -> Budget:
         """Validate budget settings, filling defaults from the model config."""
         d = self.config.sampler
         sampler = sampler or d.sampler
@@ -286,6 +290,7 @@ class IrisCore:
             exit_threshold=None if exit_threshold in (None, 0, 0.0)
             else check_float("exit_threshold", exit_threshold, 0.0, 1.0),
             regional=d.regional if regional is None else check_bool("regional", regional),
+            compose=d.compose if compose is None else check_bool("compose", compose),
         )
 
     def check_size(self, width: Any, height: Any) -> tuple[int, int]:
@@ -431,15 +436,18 @@ class IrisCore:
         shift: float | None = None,
         exit_threshold: float | None = None,
         regional: bool | None = None,
+        compose: bool | None = None,
         on_preview: PreviewCallback | None = None,
         preview_fraction: float | None = PREVIEW_FRACTION,
     ) -> IrisResult:
         """Text to image. Sizes are rounded to multiples of `latent_factor`; defaults come from the config.
 
         regional: draw the subjects the prompt places ("a cat on the left and a dog on the right") in
-        their regions (`iris.layout`); None takes the model's default (on)."""
+        their regions (`iris.layout`); None takes the model's default (on).
+        compose: draw each placed subject on its own and paste it into its region (`iris.compose`), one
+        whole generation per subject; None takes the model's default. Prompts that place nothing ignore it."""
         prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative_prompt")
-        budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold, regional)
+        budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold, regional, compose)
         seed = check_seed(seed)
         width, height = self.check_size(width, height)
         n = check_int("num_images", num_images, 1, MAX_IMAGES)
@@ -447,13 +455,54 @@ class IrisCore:
         shape = (n, self.config.vae.latent_channels, height // self.config.vae.downsample,
                  width // self.config.vae.downsample)
         timings: dict[str, float] = {}
-        z = self.denoise(self.initial_noise(seed, shape), prompt, negative_prompt, budget, seed,
-                         on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
-        images = self.decode(z)
+        layout = parse_layout(prompt) if budget.compose else None
+        if layout is None:
+            z = self.denoise(self.initial_noise(seed, shape), prompt, negative_prompt, budget, seed,
+                             on_preview=on_preview, preview_fraction=preview_fraction, timings=timings)
+            images = self.decode(z)
+        else:
+            images, z = self.draw_placed_subjects(layout, negative_prompt, budget, seed, shape, on_preview,
+                                                  preview_fraction, timings)
         timings["total_s"] = time.perf_counter() - t0
         params = self.base_params("generate", prompt, negative_prompt, budget, seed, width, height)
-        params["num_images"] = n
+        params.update(compose=budget.compose, num_images=n)
         return IrisResult(images, params, z, timings)
+
+    def draw_placed_subjects(self, layout: Layout, negative_prompt: str, budget: Budget, seed: int,
+                             shape: tuple[int, ...], on_preview: PreviewCallback | None,
+                             preview_fraction: float | None, timings: dict[str, float]
+                             ) -> tuple[list[Image.Image], torch.Tensor]:
+        """Text to image by `iris.compose`: one draft of latent `shape` [B, C, h, w] per placed subject, each
+        subject pasted into its region. Previews show the composite so far, their steps counted across all
+        drafts. -> (images, their latents [B, C, h, w] as the VAE encodes them)."""
+        f = self.config.vae.downsample
+        size = (shape[3] * f, shape[2] * f)
+        boxes = [REGIONS[p.region] for p in layout.placements]
+        count = len(boxes)
+        alone = dataclasses.replace(budget, regional=False)
+        drafts: list[list[Image.Image]] = []
+        t0 = time.perf_counter()
+        for k in range(count):
+            started = time.perf_counter() - t0
+
+            def preview(event: PreviewEvent, k: int = k, started: float = started) -> None:
+                image = event.image
+                if image is not None:
+                    image = compose([d[0] for d in drafts] + [image], boxes[: k + 1], size)
+                on_preview(PreviewEvent(k * budget.steps + event.step, count * budget.steps, event.iteration,
+                                        event.iterations, image, started + event.elapsed))
+
+            part: dict[str, float] = {}
+            seed_k = subject_seed(seed, k)
+            z = self.denoise(self.initial_noise(seed_k, shape), layout.subject_prompt(k), negative_prompt, alone,
+                             seed_k, on_preview=preview if on_preview is not None else None,
+                             preview_fraction=preview_fraction, timings=part)
+            drafts.append(self.decode(z))
+            for key, value in part.items():
+                timings[key] = timings.get(key, 0.0) + value
+        timings["drafts"] = count
+        images = [compose([d[i] for d in drafts], boxes, size) for i in range(shape[0])]
+        return images, self.encode(torch.cat([pil_to_tensor(image) for image in images]))
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in self.num_parameters().items())

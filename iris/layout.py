@@ -66,6 +66,9 @@ _BACKGROUND = re.compile(r"(?:\b(?:on|over|against|with|in\s+front\s+of|upon)\s+
                          r"(?:\s+(?:of|colou?r(?:ed)?)\s+[\w-]{1,40})?", re.I)
 _LEAD = re.compile(r"^(?:\s|\b(?:there\s+is|there's|with|is|are|and|an?\s+(?:image|picture|photo|drawing|painting)"
                    r"\s+of)\b)+", re.I)
+# joining words left behind once the subjects and place words are cut out of a prompt
+_LEFTOVER = re.compile(r"\b(?:and|while|plus|then|but|also|whereas|there\s+is|there's|there\s+are|shows?|has|is|are"
+                       r"|sits|stands|placed|located|of|the\s+other|everything)\b|&|\(\s*\)", re.I)
 _TRAIL = re.compile(r"(?:\s|\b(?:is|are|sits|sitting|stands|standing|placed|located|appears|goes)\b)+$", re.I)
 
 
@@ -83,6 +86,7 @@ class Placement:
 class Layout:
     prompt: str
     placements: tuple[Placement, ...]
+    places: tuple[tuple[int, int], ...] = ()  # character spans of the place words ("on the left", "above")
 
     def boxes(self) -> torch.Tensor:
         """[K, 4] region boxes (x0, y0, x1, y1 as fractions), one per placement."""
@@ -91,6 +95,22 @@ class Layout:
     def subject(self, k: int) -> str:
         p = self.placements[k]
         return self.prompt[p.start : p.end]
+
+    def subject_prompt(self, k: int) -> str:
+        """Placement k's words alone, followed by what the prompt says that names no placed subject and no
+        place (its background, its style): "a cat on the left and a dog on the right, on a blue background"
+        -> "a cat, on a blue background". What a subject drawn on its own is asked for."""
+        cut = sorted([(p.start, p.end) for p in self.placements] + list(self.places))
+        rest, pos = [], 0
+        for a, b in cut:
+            if a > pos:
+                rest.append(self.prompt[pos:a])
+            pos = max(pos, b)
+        rest.append(self.prompt[pos:])
+        words = _LEFTOVER.sub(" ", " ".join(rest))
+        words = re.sub(r"\s*([,;:.])(?:\s*[,;:.])*", r"\1 ", words)  # one mark where removed words left several
+        words = re.sub(r"\s+", " ", words).strip(" ,;:.")
+        return f"{self.subject(k)}, {words}" if words else self.subject(k)
 
     def variants(self) -> list[str]:
         """The prompt as each region reads it: for placement k, every other placement's words replaced by
@@ -188,7 +208,8 @@ def parse_layout(prompt: str) -> Layout | None:
         if e1 > s1 and e2 > s2:
             placements += [Placement(s1, e1, first), Placement(s2, e2, second)]
     placements = sorted(set(placements), key=lambda p: p.start)[:MAX_SUBJECTS]
-    return Layout(prompt, tuple(placements)) if placements else None
+    places = tuple(sorted({(a, b) for a, b, _, _ in marks} | {(m.start(), m.end()) for m in relations}))
+    return Layout(prompt, tuple(placements), places) if placements else None
 
 
 def region_attention_mask(labels: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -54,7 +54,8 @@ IMAGE_INPUT_NAMES = {
     "control": ("control_image",),
 }
 MODES = ("Quality", "⚡ Fast")  # the bundled demo model, or its distilled student
-MODE_CONTROLS = ("steps", "iterations", "guidance", "sampler", "regional")  # set to the loaded model's defaults
+# set to the loaded model's defaults, in every tab that has them
+MODE_CONTROLS = ("steps", "iterations", "guidance", "sampler", "regional", "compose")
 
 
 def theme_object(name: str) -> Any:
@@ -268,6 +269,7 @@ class Studio:
             "regional": c.get("regional"),
         }
         options = {o.name: c.get(o.name) for o in TASK_OPTIONS[task]}
+        options.update({name: c.get(name) for name in metadata.TASK_BUDGET.get(task, ())})
         for side in ("width", "height"):  # 0: the model's size (or the control image's)
             if side in options:
                 options[side] = int(options[side] or 0) or None
@@ -375,29 +377,31 @@ class Studio:
         yield skip, status_html(1.0, text, "done"), str(path), batch_params
 
     def run_grid(self, prompt: str, negative_prompt: str, seed: Any, guidance: float, sampler: str, width: Any,
-                 height: Any, grid_iterations: str, grid_steps: str, regional: Any = None):
+                 height: Any, grid_iterations: str, grid_steps: str, regional: Any = None, compose: Any = None):
         """The budget grid of the Generate tab: streams the grid picture as its cells finish, then saves it to
         the gallery with every cell's budget, time and NFE. Yields (grid image, status)."""
-        from iris.grid import compose, parse_grid
+        from iris.grid import compose as grid_picture
+        from iris.grid import parse_grid
 
         try:
             its, sts = parse_grid(grid_iterations or "", grid_steps or "", self.engine.info.max_iterations)
             kwargs = self.task_kwargs("generate", [], {"prompt": prompt, "negative_prompt": negative_prompt,
                                                        "seed": seed, "guidance": guidance, "sampler": sampler,
-                                                       "width": width, "height": height, "regional": regional})
+                                                       "width": width, "height": height, "regional": regional,
+                                                       "compose": compose})
         except Exception as err:  # noqa: BLE001
             raise user_error(err) from None
         for key in ("steps", "iterations"):
             kwargs.pop(key, None)
         kwargs.update(iterations=its, steps=sts)
         cells: list[Any] = [None] * (len(its) * len(sts))
-        yield compose(cells, sts, its), status_html(0.0, f"Rendering {len(cells)} budgets…")
+        yield grid_picture(cells, sts, its), status_html(0.0, f"Rendering {len(cells)} budgets…")
         try:
             for up in self.engine.run(GRID, kwargs, interval=0.0, preview_fraction=0.0):
                 if up.kind == "cell":
                     cells[int(round(up.progress * len(cells))) - 1] = up.result
                     text = f"{up.label} · {up.progress * 100:.0f}% · {up.elapsed:.1f} s"
-                    yield compose(cells, sts, its), status_html(up.progress, text)
+                    yield grid_picture(cells, sts, its), status_html(up.progress, text)
                 elif up.kind == "done":
                     grid = up.result
                     path = self.gallery.add(grid.image, grid.params)
@@ -687,7 +691,8 @@ class Studio:
             wire_tasks(self, demo, tabs, g)
             wire_gallery(self, g, tabs)
             wire_settings(self, s, header, notice)
-            budget_controls = [tab.controls[k] for tab in self.tabs.values() for k in MODE_CONTROLS]
+            budget_controls = [tab.controls[k] for tab in self.tabs.values() for k in MODE_CONTROLS
+                               if k in tab.controls]
             mode.change(self.switch_mode, mode, [header, notice, *budget_controls], api_name="mode",
                         concurrency_limit=1, concurrency_id=RUN_GROUP)
             # a reloaded page shows what is saved now, not what was saved when the app was built
@@ -711,9 +716,9 @@ class Studio:
             except OSError as err:
                 gr.Warning(f"Model switched, but the settings could not be saved: {err}")
         d = self.engine.info.defaults
-        values = [gr.update(value=d[k]) for k in MODE_CONTROLS]
+        values = [gr.update(value=d[k]) for tab in self.tabs.values() for k in MODE_CONTROLS if k in tab.controls]
         notice = self.notice_md()
-        return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *(values * len(self.tabs))]
+        return [self.header_md(), gr.Markdown(notice, visible=bool(notice)), *values]
 
     def budget_listener(self, task: str, names: tuple[str, ...]) -> Any:
         """The budget line's listener for a tab: its values arrive in the order of `names`."""

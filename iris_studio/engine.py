@@ -161,6 +161,7 @@ class Engine:
                 "sampler": s.sampler,
                 "shift": s.shift,
                 "regional": s.regional,
+                "compose": s.compose,
             },
             adapters=list(cfg.adapters),
         )
@@ -398,7 +399,8 @@ class Engine:
             return
         guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
         units = self._units(params.get("width"), params.get("height"), guidance)
-        per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations)
+        runs = t.get("drafts", 1)  # a composed image is one run per placed subject
+        per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations * runs)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
         self.speed.record(units, per_iter, overhead, load)
 

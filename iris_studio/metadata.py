@@ -19,13 +19,16 @@ SKIP = object()  # "leave this control as it is"
 
 # The controls every task tab has, in the order handlers take them.
 COMMON = ("prompt", "negative_prompt", "seed", "guidance", "steps", "iterations", "sampler", "regional")
-# Task-specific controls (besides images), in order: the task's options (iris.options).
-EXTRAS: dict[str, tuple[str, ...]] = {task: tuple(o.name for o in opts) for task, opts in TASK_OPTIONS.items()}
+# Budget settings only one task takes: text to image alone composes the subjects a prompt places.
+TASK_BUDGET: dict[str, tuple[str, ...]] = {"generate": ("compose",)}
+# Task-specific controls (besides images), in order: those budget settings, then the task's options (iris.options).
+EXTRAS: dict[str, tuple[str, ...]] = {task: TASK_BUDGET.get(task, ()) + tuple(o.name for o in opts)
+                                      for task, opts in TASK_OPTIONS.items()}
 
 _OPTIONS = {o.name: o for opts in TASK_OPTIONS.values() for o in opts}  # a name means the same in every task
 _INT = {"seed", "steps", "iterations"} | {n for n, o in _OPTIONS.items() if o.kind is int}
 _FLOAT = {"guidance"} | {n for n, o in _OPTIONS.items() if o.kind is float}
-_BOOL = {"regional"} | {n for n, o in _OPTIONS.items() if o.kind is bool}
+_BOOL = {"regional", "compose"} | {n for n, o in _OPTIONS.items() if o.kind is bool}
 _TEXT = {"prompt", "negative_prompt", "sampler"} | {n for n, o in _OPTIONS.items() if o.kind is str}
 # the engine's limits: a value outside them (a seed of 1e20, NaN) is not restored
 _RANGE: dict[str, tuple[float, float]] = {

@@ -403,6 +403,14 @@ def task_tab(task: str, settings: Any, info: Any, control_kinds: tuple[str, ...]
                     info="Draw what the prompt places (\"a cat on the left\") where it says",
                     elem_id=f"{task}-regional",
                 )
+                if "compose" in fields(task):
+                    controls["compose"] = gr.Checkbox(
+                        value=bool(info.defaults["compose"]),
+                        label="Compose placed subjects",
+                        info="Draw each placed subject on its own, then put it where the prompt says "
+                             "(one whole run per subject)",
+                        elem_id=f"{task}-compose",
+                    )
 
             with gr.Row():
                 run = gr.Button(RUN_LABELS[task], variant="primary", scale=3, elem_id=f"{task}-run")

@@ -34,7 +34,7 @@ def wire_tasks(studio: Any, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> No
             x["grid_run"].click(
                 studio.run_grid,
                 [c["prompt"], c["negative_prompt"], c["seed"], c["guidance"], c["sampler"], c["width"],
-                 c["height"], x["grid_iterations"], x["grid_steps"], c["regional"]],
+                 c["height"], x["grid_iterations"], x["grid_steps"], c["regional"], c["compose"]],
                 [x["grid_image"], x["grid_status"]],
                 api_name="grid",
                 concurrency_limit=1,

@@ -301,7 +301,8 @@ def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, 
         cfg.name = name
         return str(IrisPipeline.from_config(cfg, seed=0).save_pretrained(tmp_path / name))
 
-    monkeypatch.setenv("IRIS_DEMO_MODEL", folder("teacher", steps=4, iterations=8, guidance=3.0, sampler="euler"))
+    monkeypatch.setenv("IRIS_DEMO_MODEL", folder("teacher", steps=4, iterations=8, guidance=3.0, sampler="euler",
+                                                 compose=True))
     monkeypatch.setenv("IRIS_FAST_MODEL", folder("student", steps=2, iterations=4, guidance=1.0, sampler="consistency",
                                                           regional=False))
     engine = Engine("demo")
@@ -311,11 +312,11 @@ def test_fast_mode_switches_between_the_bundled_model_and_its_student(tmp_path, 
     out = studio.switch_mode("⚡ Fast")
     assert engine.spec == "fast" and engine.info.name == "student" and "student" in out[0]
     budgets = out[2:]
-    assert len(budgets) == 5 * len(studio.tabs)
-    assert [b["value"] for b in budgets[:5]] == [2, 4, 1.0, "consistency", False]
+    assert len(budgets) == 5 * len(studio.tabs) + 1  # the Generate tab also has Compose placed subjects
+    assert [b["value"] for b in budgets[:6]] == [2, 4, 1.0, "consistency", False, False]
     assert load_settings(settings_file)[0].model == "fast"
     back = studio.switch_mode("Quality")
-    assert engine.spec == "demo" and [b["value"] for b in back[2:7]] == [4, 8, 3.0, "euler", True]
+    assert engine.spec == "demo" and [b["value"] for b in back[2:8]] == [4, 8, 3.0, "euler", True, True]
     assert "M-parameter generator" in studio.header_md()
 
 
@@ -399,3 +400,28 @@ def test_the_regional_prompts_checkbox_reaches_the_run_and_comes_back_from_its_p
     named = dict(zip(metadata.fields("generate"), studio.restore("generate", str(path))))
     assert named["regional"] is False
     assert metadata.coerce("regional", "false") is metadata.SKIP  # only a real boolean is restored
+
+
+def test_compose_placed_subjects_is_a_generate_control_that_reaches_the_run_and_its_png(studio, tmp_path):
+    """Advanced → Compose placed subjects, in the Generate tab only: what the run uses and saves, set back by a
+    restored PNG, refused in one line when not a boolean; the budget grid passes it on."""
+    from iris.pngmeta import save_png
+
+    assert "compose" in studio.tabs["generate"].controls
+    assert all("compose" not in studio.tabs[t].controls for t in studio.tabs if t != "generate")
+    assert studio.tabs["generate"].controls["compose"].value is studio.engine.info.defaults["compose"]
+    base = dict(prompt="a cat on the left and a dog on the right", seed=5, guidance=1.0, steps=1, iterations=1,
+                sampler="euler", width=32, height=32)
+    for value in (True, False):
+        params = run_all(studio, "generate", **base, compose=value)[-1][3]
+        assert params["compose"] is value
+    with pytest.raises(gr.Error, match="compose must be true or false"):
+        run_all(studio, "generate", **base, compose="yes")
+    path = save_png(Image.new("RGB", (32, 32)), tmp_path / "c.png", {"task": "generate", "prompt": "p",
+                                                                     "compose": True})
+    named = dict(zip(metadata.fields("generate"), studio.restore("generate", str(path))))
+    assert named["compose"] is True
+    assert "compose" not in metadata.fields("edit")
+    grid = list(studio.run_grid("a cat on the left and a dog on the right", "", 1, 1.0, "euler", 32, 32, "1", "1",
+                                True, True))
+    assert grid[-1][0] is not None

@@ -216,7 +216,8 @@ def test_png_metadata_round_trips_into_the_controls(studio):
     values = client.predict(png=handle_file(result), api_name="/restore_generate")
     restored = dict(zip(metadata.fields("generate"), values[:-2]))  # then the note, then the image
     assert restored == {"prompt": "round trip", "negative_prompt": "ugly", "seed": 1234, "guidance": 2.5,
-                        "steps": 1, "iterations": 3, "sampler": "heun", "regional": True, "width": 64, "height": 80}
+                        "steps": 1, "iterations": 3, "sampler": "heun", "regional": True, "width": 64, "height": 80,
+                        "compose": False}
     assert "seed 1234" in values[-2]
     assert np.array_equal(np.asarray(Image.open(values[-1])), np.asarray(Image.open(result)))  # shown as well
     # another tab takes the settings it has

@@ -307,10 +307,11 @@ def test_chunked_bodies_are_cut_off_at_the_limit():
 # ------------------------------------------------------------------------------------------------- metadata
 def test_controls_from_params_keeps_types_and_skips_missing():
     params = {"task": "generate", "prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2, "steps": 3,
-              "iterations": 5.0, "sampler": "heun", "regional": True, "width": 96, "height": 64, "strength": "x"}
+              "iterations": 5.0, "sampler": "heun", "regional": True, "width": 96, "height": 64, "strength": "x",
+              "compose": True}
     values = dict(zip(metadata.fields("generate"), metadata.controls_from_params(params, "generate")))
     assert values == {"prompt": "a cat", "negative_prompt": "", "seed": 42, "guidance": 2.0, "steps": 3,
-                      "iterations": 5, "sampler": "heun", "regional": True, "width": 96, "height": 64}
+                      "iterations": 5, "sampler": "heun", "regional": True, "width": 96, "height": 64, "compose": True}
     edit = dict(zip(metadata.fields("edit"), metadata.controls_from_params({"strength": True, "seed": 1.5}, "edit")))
     assert edit["strength"] is metadata.SKIP and edit["seed"] is metadata.SKIP and edit["prompt"] is metadata.SKIP
     assert metadata.controls_from_params(None, "inpaint") == [metadata.SKIP] * len(metadata.fields("inpaint"))
