@@ -27,6 +27,15 @@ MIN_FOREGROUND_PIXELS = 10  # fewer than this: no subject found, the whole draft
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the image
 
 
+def composed_runs(prompt: str, compose: bool) -> int:
+    """How many whole generations text to image makes for `prompt`: one per placed subject when composing
+    (`iris.layout.parse_layout`), else one."""
+    from .layout import parse_layout
+
+    layout = parse_layout(prompt) if compose and isinstance(prompt, str) else None
+    return len(layout.placements) if layout is not None else 1
+
+
 def subject_seed(seed: int, k: int) -> int:
     """The seed of placed subject k's draft: the run's own seed for the first, distinct ones after it."""
     return seed if k == 0 else (seed * 1_000_003 + 7_907 * k) % 2**63
@@ -69,4 +78,4 @@ def compose(drafts: Sequence[Image.Image], boxes: Sequence[Box], size: tuple[int
     return canvas
 
 
-__all__ = ["FILL", "compose", "foreground_box", "border_colour", "subject_seed"]
+__all__ = ["FILL", "compose", "composed_runs", "foreground_box", "border_colour", "subject_seed"]

@@ -20,7 +20,7 @@ GRADIO_6 = "theme" in inspect.signature(gr.Blocks.launch).parameters
 PRIVATE: dict[str, Any] = {"api_visibility": "private"} if GRADIO_6 else {"show_api": False}
 RUN_GROUP = "iris-run"  # every generation shares one concurrency slot
 BUDGET_FIELDS = ("steps", "iterations", "guidance", "width", "height", "sampler", "strength", "scale", "tile",
-                 "masked_only")  # the controls a tab's budget line follows
+                 "masked_only", "compose", "prompt")  # the controls a tab's budget line follows
 
 
 def wire_tasks(studio: Any, demo: gr.Blocks, tabs: Any, g: dict[str, Any]) -> None:
