@@ -27,6 +27,8 @@ def runs(pipe) -> dict:
         "generate": pipe.generate("a red apple on a blue background", seed=1, **BUDGET).image,
         "generate_96x64": pipe.generate("a star on a green background", seed=2, width=96, height=64,
                                         **BUDGET).image,
+        "generate_composed": pipe.generate("left: a cat face; right: a dog face; pink background", seed=4,
+                                           compose=True, **BUDGET).image,
         "edit": pipe.edit(apple, "a green apple on a blue background", strength=0.6, seed=3, **BUDGET).image,
         "inpaint": pipe.inpaint(apple, mask, "a rocket on a blue background", seed=4, **BUDGET).image,
         "inpaint_masked_only": pipe.inpaint(apple, mask, "a sun", masked_only=True, padding=16, seed=5,
