@@ -337,7 +337,7 @@ class IrisCore:
     def denoise(
         self,
         latents: torch.Tensor,
-        prompt: str,
+        prompt: str | list[str],
         negative_prompt: str,
         budget: Budget,
         seed: int,
@@ -348,20 +348,28 @@ class IrisCore:
         on_preview: PreviewCallback | None = None,
         preview_fraction: float | None = PREVIEW_FRACTION,
         timings: dict[str, float] | None = None,
+        preview_samples: tuple[int, ...] = (0,),
+        preview_combine: Callable[[list[Image.Image]], Image.Image] | None = None,
     ) -> torch.Tensor:
         """Integrate `latents` [B, C, h, w] (noisy at time `start`) to t = 0. The engine of every task.
 
         residual(t) -> [B, D, h, w] or None: adapter features added to the prelude (control, inpaint).
         on_step(i, t_next, z) -> replacement z or None, after each sampler step (inpainting).
+        prompt: one for every image, or one per image (a list of B).
+        preview_samples: the images a preview shows, decoded and joined by preview_combine(images) -> image
+        (default: the first image alone).
         """
         b = latents.shape[0]
+        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != b:
+            raise ValueError(f"denoise needs one prompt or {b}, got {len(prompts)}")
         with_prompt, with_negative = sampling.guidance_branches(budget.guidance)
         use_cfg = with_prompt and with_negative
         if use_cfg:
-            cond = self.encode_text([prompt] * b, budget.regional)
+            cond = self.encode_text(prompts, budget.regional)
             text = TextCondition.cat([cond, self.encode_text([negative_prompt] * b)])
         else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
-            text = self.encode_text([prompt if with_prompt else negative_prompt] * b, budget.regional and with_prompt)
+            text = self.encode_text(prompts if with_prompt else [negative_prompt] * b, budget.regional and with_prompt)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
         state_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "core_state"))
         noise_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "consistency"))
@@ -388,8 +396,10 @@ class IrisCore:
                 image = None
                 if throttle.allow():
                     t_start = time.perf_counter()
-                    x0 = sampling.predicted_x0(z[:1], guided(gen.decode(s, e, c))[:1], t)
-                    image = tensor_to_pil(self.previewer(x0))[0]
+                    rows = list(preview_samples)
+                    x0 = sampling.predicted_x0(z[rows], guided(gen.decode(s, e, c))[rows], t)
+                    shown = tensor_to_pil(self.previewer(x0))
+                    image = shown[0] if preview_combine is None else preview_combine(shown)
                     throttle.record(time.perf_counter() - t_start)
                 on_preview(PreviewEvent(step + 1, budget.steps, i, budget.iterations, image, time.perf_counter() - t0))
 
@@ -472,36 +482,42 @@ class IrisCore:
                              shape: tuple[int, ...], on_preview: PreviewCallback | None,
                              preview_fraction: float | None, timings: dict[str, float]
                              ) -> tuple[list[Image.Image], torch.Tensor]:
-        """Text to image by `iris.compose`: one draft of latent `shape` [B, C, h, w] per placed subject, each
-        subject pasted into its region. Previews show the composite so far, their steps counted across all
-        drafts. -> (images, their latents [B, C, h, w] as the VAE encodes them)."""
-        f = self.config.vae.downsample
+        """Text to image by `iris.compose`: one draft of latent `shape` [B, C, h, w] per placed subject, as few
+        batches of drafts as MAX_IMAGES allows (two subjects cost about 1.5 runs, not 2), each subject pasted
+        into its region. Previews show the composite so far, their steps counted across the batches.
+        -> (images, their latents [B, C, h, w] as the VAE encodes them)."""
+        n, f = shape[0], self.config.vae.downsample
         size = (shape[3] * f, shape[2] * f)
         boxes = [REGIONS[p.region] for p in layout.placements]
         count = len(boxes)
+        per_batch = max(1, MAX_IMAGES // n)  # subjects drawn together
+        batches = [range(k, min(count, k + per_batch)) for k in range(0, count, per_batch)]
         alone = dataclasses.replace(budget, regional=False)
-        drafts: list[list[Image.Image]] = []
+        drafts: list[Image.Image] = []  # subject-major: subject k's images are drafts[k * n : (k + 1) * n]
         t0 = time.perf_counter()
-        for k in range(count):
+        for g, group in enumerate(batches):
             started = time.perf_counter() - t0
+            done = [drafts[k * n] for k in range(group.start)]
 
-            def preview(event: PreviewEvent, k: int = k, started: float = started) -> None:
-                image = event.image
-                if image is not None:
-                    image = compose([d[0] for d in drafts] + [image], boxes[: k + 1], size)
-                on_preview(PreviewEvent(k * budget.steps + event.step, count * budget.steps, event.iteration,
-                                        event.iterations, image, started + event.elapsed))
+            def combine(shown: list[Image.Image], done: list[Image.Image] = done, end: int = group.stop) -> Image.Image:
+                return compose(done + shown, boxes[:end], size)
 
+            def preview(event: PreviewEvent, g: int = g, started: float = started) -> None:
+                on_preview(PreviewEvent(g * budget.steps + event.step, len(batches) * budget.steps, event.iteration,
+                                        event.iterations, event.image, started + event.elapsed))
+
+            noise = torch.cat([self.initial_noise(subject_seed(seed, k), shape) for k in group])
+            prompts = [layout.subject_prompt(k) for k in group for _ in range(n)]
             part: dict[str, float] = {}
-            seed_k = subject_seed(seed, k)
-            z = self.denoise(self.initial_noise(seed_k, shape), layout.subject_prompt(k), negative_prompt, alone,
-                             seed_k, on_preview=preview if on_preview is not None else None,
-                             preview_fraction=preview_fraction, timings=part)
-            drafts.append(self.decode(z))
+            z = self.denoise(noise, prompts, negative_prompt, alone, subject_seed(seed, group.start),
+                             on_preview=preview if on_preview is not None else None,
+                             preview_fraction=preview_fraction, timings=part,
+                             preview_samples=tuple(i * n for i in range(len(group))), preview_combine=combine)
+            drafts += self.decode(z)
             for key, value in part.items():
                 timings[key] = timings.get(key, 0.0) + value
         timings["drafts"] = count
-        images = [compose([d[i] for d in drafts], boxes, size) for i in range(shape[0])]
+        images = [compose([drafts[k * n + i] for k in range(count)], boxes, size) for i in range(n)]
         return images, self.encode(torch.cat([pil_to_tensor(image) for image in images]))
 
     def __repr__(self) -> str:

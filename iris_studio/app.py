@@ -201,13 +201,14 @@ class Studio:
         """The budget line: NFE, depth, the size the run uses and its time estimate. `input_size`: the
         image an image task works on (its output is that, times the scale for an upscale), unless a width
         and height are typed; `options`: the task's own values that change its work (strength, scale, tile,
-        masked_only; for Generate the prompt and compose, a composed prompt costing one run per placed subject),
+        masked_only; for Generate the prompt and compose: a composed prompt draws each placed subject),
         as the controls hold them."""
-        from iris.compose import composed_runs
+        from iris.compose import composed_cost, composed_subjects
 
         size, note = "", ""
         raw = options or {}
-        runs = composed_runs(raw.get("prompt"), bool(raw.get("compose"))) if task == "generate" else 1
+        composing = task == "generate" and bool(raw.get("compose"))
+        subjects = composed_subjects(raw.get("prompt"), composing)
         options = self._work_options(raw)
         if input_size is not None and not (width or height):
             factor = options.get("scale", 2) if task == "upscale" else 1
@@ -237,10 +238,12 @@ class Studio:
             )
         except (TypeError, ValueError, OverflowError):
             return ""
-        seconds = b["seconds"] * runs if b["seconds"] is not None else None
+        seconds = b["seconds"]
+        if seconds is not None:
+            seconds *= composed_cost(raw.get("prompt"), composing)
         est = f"≈ **{seconds:.1f} s**" if seconds is not None else "≈ ? s (measured after the first run)"
-        composed = f" · **{runs}** placed subjects, one run each" if runs > 1 else ""
-        return f"NFE **{b['nfe'] * runs}** · effective depth **{b['depth']}** layers{size}{note}{composed} · {est}"
+        composed = f" · **{subjects}** placed subjects, drawn side by side" if subjects > 1 else ""
+        return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers{size}{note}{composed} · {est}"
 
     @staticmethod
     def _work_options(values: dict[str, Any]) -> dict[str, Any]:

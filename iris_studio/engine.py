@@ -399,8 +399,9 @@ class Engine:
             return
         guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
         units = self._units(params.get("width"), params.get("height"), guidance)
-        runs = t.get("drafts", 1)  # a composed image is one run per placed subject
-        per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations * runs)
+        if t.get("drafts", 1) > 1:  # a composed image is a batch of drafts: not the pace of one image
+            return
+        per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
         self.speed.record(units, per_iter, overhead, load)
 
