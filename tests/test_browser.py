@@ -204,7 +204,7 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
         field = page.locator(f"{box} textarea, {box} input").first
         field.fill("1,2")
         field.press("Tab")  # the textbox hands its value to the app when it loses focus
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(1500)  # the values reach the app behind the budget line's updates
     watch_images(page, "#grid-image", "__grids")
     page.click("#grid-run")
     page.wait_for_selector('#grid-status [data-state="done"]', timeout=120_000)
