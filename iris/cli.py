@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     add_arguments(p, "generate")
     p.add_argument("--compose", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw each subject the prompt places on its own, then paste it where the prompt says (one "
-                        "run per subject; default: the model's)")
+                   help="draw each subject the prompt places on its own, then paste it where the prompt says (the "
+                        "drafts in one batch; default: the model's)")
     p.add_argument("--num-images", "-n", type=int, default=1)
     _budget_args(p)
     p.set_defaults(func=cmd_generate)

@@ -1,4 +1,4 @@
-"""Placed subjects drawn one at a time, then put where the prompt says.
+"""Placed subjects drawn on their own, then put where the prompt says.
 
 With `compose` on, text-to-image draws a prompt that places its subjects ("a cat on the left and a dog on
 the right, on blue") as one draft per subject, each from that subject's own prompt (`Layout.subject_prompt`:
@@ -42,9 +42,9 @@ def composed_subjects(prompt: str, compose: bool) -> int:
     return len(layout.placements) if layout is not None else 1
 
 
-def composed_cost(prompt: str, compose: bool) -> float:
-    """The time of text to image for `prompt` as a multiple of one plain run (1.0 when nothing is composed)."""
-    return 1.0 + EXTRA_SUBJECT_COST * (composed_subjects(prompt, compose) - 1)
+def composed_cost(subjects: int) -> float:
+    """The time of a composed image of `subjects` drafts (`composed_subjects`) as a multiple of one plain run."""
+    return 1.0 + EXTRA_SUBJECT_COST * (subjects - 1)
 
 
 def subject_seed(seed: int, k: int) -> int:

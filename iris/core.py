@@ -454,8 +454,8 @@ class IrisCore:
 
         regional: draw the subjects the prompt places ("a cat on the left and a dog on the right") in
         their regions (`iris.layout`); None takes the model's default (on).
-        compose: draw each placed subject on its own and paste it into its region (`iris.compose`), one
-        whole generation per subject; None takes the model's default. Prompts that place nothing ignore it."""
+        compose: draw each placed subject on its own and paste it into its region (`iris.compose`), the
+        subjects' drafts in one batch; None takes the model's default. Prompts that place nothing ignore it."""
         prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative_prompt")
         budget = self.check_budget(steps, iterations, guidance, sampler, shift, exit_threshold, regional, compose)
         seed = check_seed(seed)
@@ -493,6 +493,7 @@ class IrisCore:
         per_batch = max(1, MAX_IMAGES // n)  # subjects drawn together
         batches = [range(k, min(count, k + per_batch)) for k in range(0, count, per_batch)]
         alone = dataclasses.replace(budget, regional=False)
+        own = [layout.subject_prompt(k) for k in range(count)]
         drafts: list[Image.Image] = []  # subject-major: subject k's images are drafts[k * n : (k + 1) * n]
         t0 = time.perf_counter()
         for g, group in enumerate(batches):
@@ -507,7 +508,7 @@ class IrisCore:
                                         event.iterations, event.image, started + event.elapsed))
 
             noise = torch.cat([self.initial_noise(subject_seed(seed, k), shape) for k in group])
-            prompts = [layout.subject_prompt(k) for k in group for _ in range(n)]
+            prompts = [own[k] for k in group for _ in range(n)]
             part: dict[str, float] = {}
             z = self.denoise(noise, prompts, negative_prompt, alone, subject_seed(seed, group.start),
                              on_preview=preview if on_preview is not None else None,

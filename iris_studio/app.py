@@ -240,7 +240,7 @@ class Studio:
             return ""
         seconds = b["seconds"]
         if seconds is not None:
-            seconds *= composed_cost(raw.get("prompt"), composing)
+            seconds *= composed_cost(subjects)
         est = f"≈ **{seconds:.1f} s**" if seconds is not None else "≈ ? s (measured after the first run)"
         composed = f" · **{subjects}** placed subjects, drawn side by side" if subjects > 1 else ""
         return f"NFE **{b['nfe']}** · effective depth **{b['depth']}** layers{size}{note}{composed} · {est}"

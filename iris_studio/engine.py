@@ -397,10 +397,10 @@ class Engine:
         params = getattr(result, "params", {}) or {}
         if not sampling_s or result is None or params.get("task", "generate") == "upscale":
             return
-        guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
-        units = self._units(params.get("width"), params.get("height"), guidance)
         if t.get("drafts", 1) > 1:  # a composed image is a batch of drafts: not the pace of one image
             return
+        guidance = float(params.get("guidance", kwargs.get("guidance") or self.info.defaults["guidance"]))
+        units = self._units(params.get("width"), params.get("height"), guidance)
         per_iter = sampling_s / (self.pipe.cost(steps, iterations, guidance, sampler).calls * iterations)
         overhead = max(0.0, (total_s or sampling_s) - sampling_s)
         self.speed.record(units, per_iter, overhead, load)
