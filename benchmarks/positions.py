@@ -2,6 +2,7 @@
 
     python benchmarks/positions.py                       # the bundled model, 40 held-out pairs x 2 seeds, 4 x 8
     python benchmarks/positions.py --model /path/to/model --pairs 20 --budget 4x8
+    python benchmarks/positions.py --pairs 179 --seeds 1 --modes composed   # every held-out pair, composed only
 
 For every held-out two-sprite prompt the strict judge (`iris.judge`) reads each half of the image. Per named
 sprite it reports:
@@ -50,6 +51,7 @@ NOVEL_PHRASINGS = (
     "the {s1} half shows {a1} and the {s2} half shows {a2}, over {c}",
     "on the {s2} there is {a2}, and on the {s1} there is {a1}; {c} background",
 )
+MODES = ("plain", "regional", "composed")
 _RELATION = {"left": "to the left of", "right": "to the right of", "top": "above", "bottom": "below"}
 
 
@@ -123,14 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--budget", default="4x8", help="steps x iterations")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--modes", default="plain,regional,composed",
+                   help="how each prompt is drawn, comma-separated: plain (as written), regional, composed")
+    p.add_argument("--seed", type=int, default=0, help="first image seed (the k-th seed is seed + 1000 k + i)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(MODES):
+        p.error(f"--modes takes a comma-separated list of {', '.join(MODES)}, got {args.modes!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     (steps, iterations), = parse_budgets(args.budget)
     pipe = IrisPipeline.from_pretrained(args.model or demo_model_path())
     judge = load_judge()
-    prompts = [q for q in eval_prompts(0, args.pairs, args.seeds) if len(q.scene.emoji) == 2]
+    prompts = [q for q in eval_prompts(0, args.pairs, args.seeds, args.seed) if len(q.scene.emoji) == 2]
     text = side_swap_similarity(pipe, prompts[:: args.seeds])
     print("text encoder, prompt against its side-swapped twin:")
     for k, v in text.items():
@@ -138,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     novel = [dataclasses.replace(q, text=novel_phrase(q.scene, i)) for i, q in enumerate(prompts)]
     rows = {"real renders": score([q.scene.image for q in prompts], prompts, judge)}
     for name, group in (("", prompts), (", new phrasings", novel)):
-        for mode in ("", ", regional", ", composed"):
-            images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed, regional=bool(mode),
-                                    compose=mode == ", composed", preview_fraction=None).images[0] for q in group]
-            rows[f"{steps} x {iterations}{name}{mode}"] = score(images, group, judge)
+        for mode in modes:
+            images = [pipe.generate(q.text, steps=steps, iterations=iterations, seed=q.seed,
+                                    regional=mode != "plain", compose=mode == "composed",
+                                    preview_fraction=None).images[0] for q in group]
+            label = "" if mode == "plain" else f", {mode}"
+            rows[f"{steps} x {iterations}{name}{label}"] = score(images, group, judge)
     keys = list(next(iter(rows.values())))
     print(f"{len(prompts)} two-sprite prompts ({args.pairs} scenes x {args.seeds} seeds)")
     print("| | " + " | ".join(keys) + " |")
