@@ -34,6 +34,7 @@ PLAIN_FORM_NAMES = {
     "scan": "chunk loop, exp -> all chunks at once, exp2",
     "exp": "RG-LRU normaliser exp -> exp2",
     "projection": "3 input linears -> one fused linear; merge in 3 ops",
+    "attention": "decomposed Manhattan attention on 5-D tensors -> 4-D batches of rows and columns",
     "adaln": "adaLN modulate and gate in 3 ops each -> 1 addcmul each, table pre-broadcast",
 }
 

@@ -36,11 +36,13 @@ def _velocity(gen: IrisGenerator, inputs, iterations: int = 3) -> torch.Tensor:
     return gen(z, t, TextCondition(text.tokens, text.mask), iterations, state_generator=state)
 
 
-# 4 x 4 and 8 x 6: the whole-grid DFT; 17 x 16: torch.fft (more tokens than AFNO2D.DFT_MAX_TOKENS)
+# 4 x 4 and 8 x 6: the whole-grid DFT; 17 x 16: torch.fft (more tokens than AFNO2D.DFT_MAX_TOKENS);
+# exact_max 0: the decomposed Manhattan attention (every grid above its exact limit)
 @pytest.mark.parametrize("hw", [(4, 4), (8, 6), (17, 16)])
+@pytest.mark.parametrize("exact_max", [1024, 0])
 @pytest.mark.parametrize("name", [*PLAIN_FORMS, "all"])
-def test_each_optimised_path_equals_its_plain_form(hw, name):
-    gen = _generator()
+def test_each_optimised_path_equals_its_plain_form(hw, exact_max, name):
+    gen = _generator(manhattan_exact_max_tokens=exact_max)
     inputs = _inputs(gen.config, *hw)
     with torch.no_grad():
         fast = _velocity(gen, inputs)

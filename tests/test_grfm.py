@@ -187,6 +187,19 @@ def test_decomposed_path_above_exact_limit():
     assert not torch.allclose(decomposed, exact, atol=1e-4)  # a different operator, not the same one
 
 
+def test_decomposed_path_keeps_images_of_a_batch_apart():
+    torch.manual_seed(2)
+    attn = ManhattanAttention(8, heads=2, exact_max_tokens=4).double()
+    with torch.no_grad():
+        attn.qkv.weight.mul_(3.0)
+    x = torch.randn(3, 4, 3, 8, dtype=torch.float64)  # h != w, batch 3: rows and columns must not mix images
+    with torch.no_grad():
+        got = attn(x)
+        for i in range(3):
+            torch.testing.assert_close(got[i : i + 1], brute_force_decomposed(attn, x[i : i + 1]),
+                                       atol=1e-10, rtol=1e-8)
+
+
 def test_decomposed_path_runs_on_a_large_grid():
     attn = ManhattanAttention(16, heads=2, exact_max_tokens=1024)
     x = torch.randn(1, 40, 48, 16)  # 1920 tokens: the exact path would build a 1920^2 mask per head

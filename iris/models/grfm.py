@@ -320,18 +320,19 @@ class ManhattanAttention(nn.Module):
             flat = lambda t: t.reshape(b, h * w, self.heads, hd).transpose(1, 2)
             y = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=bias[None])
             return y.transpose(1, 2).reshape(b, h, w, d)
-        # decomposed: rows first (decay over columns), then columns (decay over rows)
+        # decomposed: rows first (decay over columns), then columns (decay over rows). Each attention runs on
+        # 4-D [B * lines, H, length, hd] tensors: 5-D inputs send SDPA to its slower math fallback.
         dist_w = (torch.arange(w, device=qkv.device)[:, None] - torch.arange(w, device=qkv.device)).abs()
         dist_h = (torch.arange(h, device=qkv.device)[:, None] - torch.arange(h, device=qkv.device)).abs()
-        rows = lambda t: t.permute(0, 1, 3, 2, 4)  # [B, h, H, w, hd]
+        rows = lambda t: t.permute(0, 1, 3, 2, 4).reshape(b * h, self.heads, w, hd)
         y = F.scaled_dot_product_attention(
-            rows(q), rows(k), rows(v), attn_mask=(lg[:, None, None] * dist_w.to(qkv.dtype))
-        )  # [B, h, H, w, hd]
-        cols = lambda t: t.permute(0, 2, 3, 1, 4)  # [B, w, H, h, hd]
+            rows(q), rows(k), rows(v), attn_mask=(lg[:, None, None] * dist_w.to(qkv.dtype))[None]
+        ).view(b, h, self.heads, w, hd)
+        cols = lambda t: t.permute(0, 2, 3, 1, 4).reshape(b * w, self.heads, h, hd)
         y = y.permute(0, 1, 3, 2, 4)  # [B, h, w, H, hd]
         y = F.scaled_dot_product_attention(
-            cols(q), cols(k), cols(y), attn_mask=(lg[:, None, None] * dist_h.to(qkv.dtype))
-        )  # [B, w, H, h, hd]
+            cols(q), cols(k), cols(y), attn_mask=(lg[:, None, None] * dist_h.to(qkv.dtype))[None]
+        ).view(b, w, self.heads, h, hd)
         return y.permute(0, 3, 1, 2, 4).reshape(b, h, w, d)
 
 

@@ -69,6 +69,27 @@ def rglru_forward(self: grfm.RGLRU, x: torch.Tensor) -> torch.Tensor:
     return scan.chunked_linear_scan(log_a, mult * (gate_x * x).float(), self.chunk, method=self.method).to(x.dtype)
 
 
+def decomposed_attend(self: grfm.ManhattanAttention, qkv: torch.Tensor, exact: bool | None = None) -> torch.Tensor:
+    """Manhattan attention with its decomposed form on 5-D [B, lines, H, length, hd] tensors (SDPA's math
+    fallback); the exact form as shipped."""
+    b, h, w, d3 = qkv.shape
+    if exact if exact is not None else h * w <= self.exact_max_tokens:
+        return _shipped_attend(self, qkv, exact)
+    d = d3 // 3
+    q, k, v = qkv.view(b, h, w, 3, self.heads, d // self.heads).unbind(3)
+    lg = self.log_gamma().to(qkv.dtype)
+    dist = lambda n: (torch.arange(n, device=qkv.device)[:, None] - torch.arange(n, device=qkv.device)).abs()
+    rows = lambda t: t.permute(0, 1, 3, 2, 4)  # [B, h, H, w, hd]
+    y = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), attn_mask=lg[:, None, None] * dist(w).to(qkv.dtype))
+    cols = lambda t: t.permute(0, 2, 3, 1, 4)  # [B, w, H, h, hd]
+    y = y.permute(0, 1, 3, 2, 4)
+    y = F.scaled_dot_product_attention(cols(q), cols(k), cols(y), attn_mask=lg[:, None, None] * dist(h).to(qkv.dtype))
+    return y.permute(0, 3, 1, 2, 4).reshape(b, h, w, -1)
+
+
+_shipped_attend = grfm.ManhattanAttention.attend
+
+
 def grfm_forward(self: grfm.GRFM, x: torch.Tensor) -> torch.Tensor:
     """GRFM with its three input projections as separate layers and the merge as written in the paper."""
     g = torch.sigmoid(self.gate(x))
@@ -104,6 +125,7 @@ PLAIN_FORMS: dict[str, list[tuple[object, str, Callable]]] = {
     "scan": [(scan, "_cumsum_chunks", cumsum_scan)],
     "exp": [(grfm.RGLRU, "forward", rglru_forward)],
     "projection": [(grfm.GRFM, "forward", grfm_forward)],
+    "attention": [(grfm.ManhattanAttention, "attend", decomposed_attend)],
     # generator.py imported modulate and add_gated by name, so both names are swapped
     "adaln": [(generator.CoreLayer, "forward", core_layer_forward), (generator, "modulate", modulate),
               (generator, "add_gated", add_gated)],
