@@ -85,6 +85,7 @@ class Budget:
     exit_threshold: float | None
     regional: bool  # place the prompt's subjects where it says (`iris.layout`)
     compose: bool = False  # text to image: draw each placed subject on its own, then paste it (`iris.compose`)
+    guidance_max_t: float = 1.0  # guidance only at times t <= this (`iris.sampling.guidance_at`)
 
 
 

@@ -102,6 +102,7 @@ class SamplerConfig:
     steps: int = 4
     iterations: int = 8
     guidance: float = 3.0
+    guidance_max_t: float = 1.0  # guidance only at steps with t <= this (`iris.sampling.guidance_at`); 1: every step
     shift: float = 1.0  # timestep shift; >1 spends more steps at high noise
     sampler: str = "euler"  # "euler" | "heun" | "consistency"
     regional: bool = True  # draw each subject the prompt places ("on the left") in its region (`iris.layout`)

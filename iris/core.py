@@ -268,7 +268,8 @@ class IrisCore:
         """The network evaluations, core passes and effective depth of a budget (defaults: the model's)."""
         b = self.check_budget(steps, iterations, guidance, sampler)
         calls = sampling.velocity_calls(b.sampler, b.steps)
-        nfe = calls * sum(sampling.guidance_branches(b.guidance))
+        nfe = sampling.network_evaluations(b.sampler, sampling.flow_timesteps(b.steps, b.shift), b.guidance,
+                                           b.guidance_max_t)
         return BudgetCost(calls, nfe, nfe * b.iterations, self.effective_depth(b.iterations))
 
     # ------------------------------------------------------------------------------------------ checking
@@ -291,6 +292,7 @@ class IrisCore:
             else check_float("exit_threshold", exit_threshold, 0.0, 1.0),
             regional=d.regional if regional is None else check_bool("regional", regional),
             compose=d.compose if compose is None else check_bool("compose", compose),
+            guidance_max_t=check_float("guidance_max_t", d.guidance_max_t, 0.0, 1.0),
         )
 
     def check_size(self, width: Any, height: Any) -> tuple[int, int]:
@@ -364,12 +366,12 @@ class IrisCore:
         if len(prompts) != b:
             raise ValueError(f"denoise needs one prompt or {b}, got {len(prompts)}")
         with_prompt, with_negative = sampling.guidance_branches(budget.guidance)
-        use_cfg = with_prompt and with_negative
-        if use_cfg:
+        if with_prompt:
             cond = self.encode_text(prompts, budget.regional)
-            text = TextCondition.cat([cond, self.encode_text([negative_prompt] * b)])
-        else:  # guidance 1: the prompt alone; guidance 0: the negative prompt alone
-            text = self.encode_text(prompts if with_prompt else [negative_prompt] * b, budget.regional and with_prompt)
+        if with_prompt and with_negative:
+            guided_text = TextCondition.cat([cond, self.encode_text([negative_prompt] * b)])
+        # guidance 1 (or a step outside the guidance interval): the prompt alone; guidance 0: the negative alone
+        single_text = cond if with_prompt else self.encode_text([negative_prompt] * b)
         timesteps = sampling.flow_timesteps(budget.steps, budget.shift, start)
         state_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "core_state"))
         noise_gen = torch.Generator("cpu").manual_seed(sampling.stream_seed(seed, "consistency"))
@@ -380,7 +382,10 @@ class IrisCore:
 
         def velocity(z: torch.Tensor, t: float, step: int) -> torch.Tensor:
             nonlocal calls
-            calls += 1
+            guidance = sampling.guidance_at(t, budget.guidance, budget.guidance_max_t)
+            use_cfg = all(sampling.guidance_branches(guidance))
+            text = guided_text if use_cfg else single_text
+            calls += 1 + use_cfg
             zz = torch.cat([z, z]) if use_cfg else z
             tt = torch.full((zz.shape[0],), t, device=z.device)
             extra = residual(t) if residual is not None else None
@@ -390,7 +395,7 @@ class IrisCore:
             e = gen.embed(zz, c, extra)
             s = gen.initial_state(e[:b], state_gen)  # the guided and unguided halves share s_0
             s = torch.cat([s, s]) if use_cfg else s
-            guided = lambda v: sampling.cfg_combine(*v.chunk(2), budget.guidance) if use_cfg else v
+            guided = lambda v: sampling.cfg_combine(*v.chunk(2), guidance) if use_cfg else v
 
             def preview(i: int, s: torch.Tensor) -> None:
                 image = None
@@ -413,7 +418,7 @@ class IrisCore:
         noise_fn = lambda i: self.initial_noise_like(latents, noise_gen)
         out = sampling.sample(velocity, latents, timesteps, budget.sampler, noise_fn, step_hook)
         if timings is not None:
-            timings.update(sampling_s=time.perf_counter() - t0, preview_s=throttle.spent, nfe=calls * (1 + use_cfg))
+            timings.update(sampling_s=time.perf_counter() - t0, preview_s=throttle.spent, nfe=calls)
         return out
 
     def initial_noise_like(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -425,7 +430,8 @@ class IrisCore:
         return {
             "task": task, "model": self.config.name, "model_source": self.source, "prompt": prompt,
             "negative_prompt": negative_prompt, "steps": budget.steps, "iterations": budget.iterations,
-            "guidance": budget.guidance, "sampler": budget.sampler, "shift": budget.shift,
+            "guidance": budget.guidance, "guidance_max_t": budget.guidance_max_t, "sampler": budget.sampler,
+            "shift": budget.shift,
             "exit_threshold": budget.exit_threshold, "regional": budget.regional, "seed": seed, "width": width,
             "height": height,
         }

@@ -307,27 +307,35 @@ class OnnxIris:
         stream = lambda name: (seed * streams[name][0] + streams[name][1]) % (2**63)
         state_noise = TorchRandn(stream("core_state"))
         fresh_noise = TorchRandn(stream("consistency"))
-        # as iris.sampling.guidance_branches: 1 is the prompt alone, 0 the negative prompt alone, else both
-        use_cfg = guidance not in (0.0, 1.0)
-        tokens, mask = self.encode_text([prompt, negative_prompt] if use_cfg else
-                                        [prompt if guidance == 1.0 else negative_prompt])
+        # as iris.sampling.guidance_branches: 1 is the prompt alone, 0 the negative prompt alone, else both;
+        # as iris.sampling.guidance_at: outside the guidance interval (t > guidance_max_t) the prompt alone
+        max_t = float(d.get("guidance_max_t", 1.0))
         rep = lambda a, i: np.repeat(a[i : i + 1], num_images, axis=0)
-        text = np.concatenate([rep(tokens, 0), rep(tokens, 1)]) if use_cfg else rep(tokens, 0)
-        text_mask = np.concatenate([rep(mask, 0), rep(mask, 1)]) if use_cfg else rep(mask, 0)
+        if guidance in (0.0, 1.0):
+            tokens, mask = self.encode_text([prompt if guidance == 1.0 else negative_prompt])
+            texts = {"prompt" if guidance == 1.0 else "negative": (rep(tokens, 0), rep(mask, 0))}
+        else:
+            tokens, mask = self.encode_text([prompt, negative_prompt])
+            both = np.concatenate([rep(tokens, 0), rep(tokens, 1)]), np.concatenate([rep(mask, 0), rep(mask, 1)])
+            texts = {"both": both, "prompt": (rep(tokens, 0), rep(mask, 0))}
         embed, iterate = self.session("embed", res), self.session("iterate", res)
         decode = self.session("decode", res)
         std = np.float32(self.manifest["generator"]["state_init_std"])
         calls = 0
 
-        def guided(v: np.ndarray) -> np.ndarray:
-            if not use_cfg:
-                return v
-            v_cond, v_uncond = np.split(v, 2)
-            return v_uncond + np.float32(guidance) * (v_cond - v_uncond)
-
         def velocity(z: np.ndarray, t: float, step: int) -> np.ndarray:
             nonlocal calls
-            calls += 1
+            g = 1.0 if t > max_t and guidance != 0.0 else guidance
+            use_cfg = g not in (0.0, 1.0)
+            text, text_mask = texts["both" if use_cfg else "prompt" if g == 1.0 else "negative"]
+            calls += 1 + use_cfg
+
+            def guided(v: np.ndarray) -> np.ndarray:
+                if not use_cfg:
+                    return v
+                v_cond, v_uncond = np.split(v, 2)
+                return v_uncond + np.float32(g) * (v_cond - v_uncond)
+
             zz = np.concatenate([z, z]) if use_cfg else z
             tt = np.full((zz.shape[0],), t, dtype=np.float32)
             c, e = embed.run(None, {"z": zz, "t": tt, "text": text, "text_mask": text_mask})
@@ -372,7 +380,7 @@ class OnnxIris:
         images = self.decode_latents(z, res)
         end = time.perf_counter()
         self.timings = {"sampling_s": t_decode - t_start, "decode_s": end - t_decode, "total_s": end - t_start,
-                        "nfe": calls * (1 + use_cfg)}
+                        "nfe": calls}
         self.latents = z
         return images
 

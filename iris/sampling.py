@@ -51,6 +51,30 @@ def guidance_branches(guidance: float) -> tuple[bool, bool]:
     return True, True
 
 
+def guidance_at(t: float, guidance: float, max_t: float = 1.0) -> float:
+    """The guidance of a velocity evaluated at time t: classifier-free guidance only at t <= max_t (a guidance
+    interval); above it the prompt alone (1.0), one network evaluation instead of two. Guidance 0 and 1 need
+    no second branch and stay as they are. Skipping the first (t = 1) step's guidance cost the demo model no
+    emoji accuracy and saves one evaluation in eight at 4 steps."""
+    return 1.0 if t > max_t and guidance != 0.0 else guidance
+
+
+def velocity_times(sampler: str, timesteps: list[float]) -> list[float]:
+    """The time of each velocity evaluation `sample` makes along `timesteps`: one per step at its start, and
+    for heun one more at the next time (except before t = 0)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    times = []
+    for t, t_next in zip(timesteps[:-1], timesteps[1:]):
+        times += [t, t_next] if sampler == "heun" and t_next > 0 else [t]
+    return times
+
+
+def network_evaluations(sampler: str, timesteps: list[float], guidance: float, max_t: float = 1.0) -> int:
+    """Network evaluations of one run: each velocity's text branches (`guidance_branches` of `guidance_at`)."""
+    return sum(sum(guidance_branches(guidance_at(t, guidance, max_t))) for t in velocity_times(sampler, timesteps))
+
+
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guidance: v_u + g (v_c - v_u)."""
     return v_uncond + guidance * (v_cond - v_uncond)

@@ -128,6 +128,18 @@ def test_runner_image_equals_torch_pipeline(runner, nano_pipe, options):
     assert runner.timings["nfe"] == ref.timings["nfe"]
 
 
+def test_runner_follows_the_guidance_interval(runner, nano_pipe, monkeypatch):
+    """With guidance_max_t below 1, both runtimes guide only the late velocities, in the same places."""
+    monkeypatch.setitem(runner.manifest["sampler"], "guidance_max_t", 0.5)
+    monkeypatch.setattr(nano_pipe.config.sampler, "guidance_max_t", 0.5)
+    options = dict(steps=3, iterations=2, guidance=3.0, seed=5, sampler="heun", negative_prompt="blurry")
+    ours = runner.generate(PROMPT, width=64, height=64, **options)
+    ref = nano_pipe.generate(PROMPT, width=64, height=64, **options)
+    max_pixel_diff_ok(ours[0], ref.image)
+    # heun, 3 steps: velocities at t = 1, 2/3, 2/3, 1/3, 1/3; only the two at 1/3 are guided
+    assert runner.timings["nfe"] == ref.timings["nfe"] == 7 == nano_pipe.cost(3, 2, 3.0, "heun").nfe
+
+
 def test_runner_previews_every_iteration(runner):
     seen = []
     runner.generate("a cat", steps=1, iterations=3, width=64, height=64,

@@ -208,3 +208,16 @@ def test_short_training_lowers_the_flow_loss():
     after = eval_loss()
     assert math.isfinite(after)
     assert after < 0.5 * before, (before, after)
+
+
+def test_guidance_interval_skips_guidance_above_max_t():
+    from iris.sampling import guidance_at, network_evaluations, velocity_times
+
+    assert guidance_at(1.0, 3.0) == 3.0  # max_t 1: every step guided
+    assert guidance_at(1.0, 3.0, 0.9) == 1.0 and guidance_at(0.75, 3.0, 0.9) == 3.0
+    assert guidance_at(1.0, 0.0, 0.9) == 0.0  # the negative prompt alone stays so
+    ts = flow_timesteps(4)
+    assert velocity_times("euler", ts) == ts[:-1]
+    assert velocity_times("heun", ts) == [1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
+    assert network_evaluations("euler", ts, 3.0) == 8 and network_evaluations("euler", ts, 3.0, 0.9) == 7
+    assert network_evaluations("heun", ts, 3.0, 0.9) == 13 and network_evaluations("euler", ts, 1.0, 0.9) == 4

@@ -178,11 +178,13 @@ def test_guidance_one_skips_cfg(nano_pipe):
     assert not np.array_equal(pixels(no_cfg.image), pixels(cfg.image))
 
 
+@pytest.mark.parametrize("max_t", [1.0, 0.5])
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 @pytest.mark.parametrize("guidance", [0.0, 1.0, 3.0])
-def test_cost_matches_the_network_evaluations_the_pipeline_runs(nano_pipe, monkeypatch, guidance, sampler):
+def test_cost_matches_the_network_evaluations_the_pipeline_runs(nano_pipe, monkeypatch, guidance, sampler, max_t):
     """`cost()` (what the studio and the CLI show) against a count of the generator's real evaluations:
-    the batch rows of every `decode` call outside previews."""
+    the batch rows of every `decode` call outside previews; with a guidance interval (max_t 0.5) too."""
+    monkeypatch.setattr(nano_pipe.config.sampler, "guidance_max_t", max_t)
     counted = []
     real_decode = type(nano_pipe.generator).decode
     monkeypatch.setattr(type(nano_pipe.generator), "decode",
@@ -197,7 +199,24 @@ def test_cost_matches_the_network_evaluations_the_pipeline_runs(nano_pipe, monke
     assert sum(counted) == cost.nfe == res.timings["nfe"]
     assert sum(iterated) == cost.core_iterations == cost.nfe * 2
     assert cost.calls == (5 if sampler == "heun" else 3) and cost.effective_depth == nano_pipe.effective_depth(2)
-    assert cost.nfe == cost.calls * (2 if guidance == 3.0 else 1)
+    if max_t == 1.0:
+        assert cost.nfe == cost.calls * (2 if guidance == 3.0 else 1)
+    else:  # 3 steps: t = 1, 2/3, 1/3; only velocities at 1/3 are guided (one for euler, two for heun)
+        assert cost.nfe == cost.calls + (guidance == 3.0) * (2 if sampler == "heun" else 1)
+    assert res.params["guidance_max_t"] == max_t
+
+
+def test_a_step_outside_the_guidance_interval_is_the_prompt_alone(nano_pipe, monkeypatch):
+    monkeypatch.setattr(nano_pipe.config.sampler, "guidance_max_t", 0.9)
+    one_step = dict(steps=1, iterations=2, width=32, height=32, seed=4, negative_prompt="blurry")
+    guided = nano_pipe.generate("a red apple", guidance=3.0, **one_step)  # its only step is at t = 1
+    alone = nano_pipe.generate("a red apple", guidance=1.0, **one_step)
+    assert guided.timings["nfe"] == 1
+    assert np.array_equal(pixels(guided.image), pixels(alone.image))
+    two = nano_pipe.generate("a red apple", guidance=3.0, **{**one_step, "steps": 2})  # t = 1, then 0.5 guided
+    assert two.timings["nfe"] == 3
+    assert not np.array_equal(pixels(two.image), pixels(nano_pipe.generate("a red apple", guidance=1.0,
+                                                                            **{**one_step, "steps": 2}).image))
 
 
 def test_guidance_zero_is_the_negative_prompt_alone(nano_pipe):
