@@ -77,7 +77,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     demo = {(r["model"], r["steps"], r["iterations"], r["guidance"]): r for r in data["demo"]}
     assert set(demo) == {("demo", 4, 8, 3.0), ("demo", 2, 4, 1.0), ("fast", 2, 4, 1.0)}
     guided, quick = demo[("demo", 4, 8, 3.0)], demo[("demo", 2, 4, 1.0)]
-    assert guided["nfe"] == 8 and quick["nfe"] == 2
+    assert guided["nfe"] == 7 and quick["nfe"] == 2  # first step unguided (guidance_max_t)
     assert guided["flops"] > 3 * quick["flops"] > 0 and guided["latency_s"] > 0
     rate = guided["flops"] / guided["latency_s"]
     assert 0 < guided["fraction_of_gemm"] == pytest.approx(rate / data["gemm_flops_per_s"])
