@@ -324,6 +324,24 @@ def test_trajectory_cache_holds_the_teachers_guided_euler_solve(base_model, tmp_
     assert len(again) == 6 and torch.equal(again.states[3:], states) and again.captions[:3] == captions
 
 
+def test_trajectory_solve_follows_the_teachers_guidance_interval(base_model):
+    """With guidance only at t <= 0.9 the first step (t = 1) is the prompt alone: it matches the guidance-1 solve
+    and not the guided one; later steps are guided again."""
+    import dataclasses
+
+    from iris.train import trajectories as tr
+
+    teacher = IrisPipeline.from_pretrained(base_model)
+    captions = ["a white square on red", "a white square on blue"]
+    guided, _, _ = tr.solve(teacher, captions, seed=5, steps=3, iterations=2, guidance=2.5)
+    plain, _, _ = tr.solve(teacher, captions, seed=5, steps=3, iterations=2, guidance=1.0)
+    teacher.config.sampler = dataclasses.replace(teacher.config.sampler, guidance_max_t=0.9)
+    interval, _, _ = tr.solve(teacher, captions, seed=5, steps=3, iterations=2, guidance=2.5)
+    assert torch.allclose(interval[:, 1], plain[:, 1], atol=1e-5)
+    assert not torch.allclose(interval[:, 1], guided[:, 1], atol=1e-3)
+    assert not torch.allclose(interval[:, 2], plain[:, 2], atol=1e-3)
+
+
 def test_trajectory_distillation_learns_the_cached_end_points(base_model, image_folder, tmp_path):
     """A student trained on cached solves gets closer to their end points from pure noise in one step."""
     from iris.train import trajectories as tr

@@ -283,7 +283,7 @@ class DistillStage(FlowStage):
         times = sampling.flow_timesteps(self.cfg.distill_teacher_steps, self.pipe.config.sampler.shift)
         z = torch.randn(shape, generator=rng).to(self.pipe.device)
         states, end = solve_from(self.teacher, self.text_encoder, z, captions, times, self.teacher_iterations,
-                                 self.cfg.distill_guidance, rng)
+                                 self.cfg.distill_guidance, rng, self.pipe.config.sampler.guidance_max_t)
         return states, end, times[:-1]
 
     def forward_trajectory(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:

@@ -44,8 +44,16 @@ class Trajectories:
 def guided_velocity(gen: IrisGenerator, z: torch.Tensor, t: torch.Tensor, cond: TextCondition, null: TextCondition,
                     iterations: int, guidance: float, rng: torch.Generator) -> torch.Tensor:
     """A teacher's classifier-free-guided velocity at z [B, C, h, w], t [B], as the pipeline computes it: both
-    branches in one batch, sharing the initial core state s_0 (drawn from `rng`)."""
+    branches in one batch, sharing the initial core state s_0 (drawn from `rng`). Guidance 1 runs the prompt
+    branch alone."""
     b = z.shape[0]
+    if guidance == 1.0:
+        c = gen.condition(t, cond)
+        e = gen.embed(z, c)
+        state = gen.initial_state(e, rng)
+        for i in range(1, iterations + 1):
+            state = gen.iterate(state, e, c, cond, i)
+        return gen.decode(state, e, c)
     mask = None if cond.mask is None else torch.cat([cond.mask, null.mask])
     text = TextCondition(torch.cat([cond.tokens, null.tokens]), mask)
     c = gen.condition(torch.cat([t, t]), text)
@@ -58,15 +66,17 @@ def guided_velocity(gen: IrisGenerator, z: torch.Tensor, t: torch.Tensor, cond: 
 
 
 def solve_from(gen: IrisGenerator, text_encoder: torch.nn.Module, z: torch.Tensor, captions: list[str],
-               times: list[float], iterations: int, guidance: float, rng: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The guided Euler solve from z [B, C, h, w] along `times`: (states at times[:-1] [B, K, C, h, w], end)."""
+               times: list[float], iterations: int, guidance: float, rng: torch.Generator,
+               guidance_max_t: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided Euler solve from z [B, C, h, w] along `times`: (states at times[:-1] [B, K, C, h, w], end).
+    Guidance applies at t <= guidance_max_t, as the pipeline's guidance interval does."""
     b = z.shape[0]
     cond, null = text_encoder.encode(captions), text_encoder.encode([""] * b)
     states = []
     for t, t_next in zip(times[:-1], times[1:]):
         states.append(z)
-        v = guided_velocity(gen, z, torch.full((b,), t, device=z.device), cond, null, iterations, guidance, rng)
+        g = sampling.guidance_at(t, guidance, guidance_max_t)
+        v = guided_velocity(gen, z, torch.full((b,), t, device=z.device), cond, null, iterations, g, rng)
         z = sampling.euler_step(z, v, t, t_next)
     return torch.stack(states, dim=1), z
 
@@ -80,7 +90,8 @@ def solve(pipe: IrisPipeline, captions: list[str], seed: int, steps: int, iterat
     rng = torch.Generator().manual_seed(seed)
     z = torch.randn((len(captions), pipe.config.vae.latent_channels, side, side), generator=rng).to(pipe.device)
     times = sampling.flow_timesteps(steps, pipe.config.sampler.shift)
-    states, end = solve_from(pipe.generator, pipe.text_encoder, z, captions, times, iterations, guidance, rng)
+    states, end = solve_from(pipe.generator, pipe.text_encoder, z, captions, times, iterations, guidance, rng,
+                             pipe.config.sampler.guidance_max_t)
     return states.float().cpu(), end.float().cpu(), times
 
 
