@@ -77,6 +77,19 @@ def fetch_image(page, selector: str) -> Image.Image:
     return Image.open(io.BytesIO(page.request.get(src).body()))
 
 
+def fill_until_it_holds(page, box: str, value: str, tries: int = 5) -> None:
+    """Type `value` into the textbox `box` and leave it; type again while the field shows something else (a
+    panel that has just opened can mount its fields again, back at their defaults, on a busy machine)."""
+    field = page.locator(f"{box} textarea, {box} input").first
+    for _ in range(tries):
+        field.fill(value)
+        field.press("Tab")  # the textbox hands its value to the app when it loses focus
+        page.wait_for_timeout(500)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"{box} shows {field.input_value()!r} after {tries} tries, not {value!r}")
+
+
 def test_generate_shows_changing_previews_then_the_result(app, page):
     studio, base = app
     shots = base / "screenshots"
@@ -201,9 +214,7 @@ def test_budget_grid_fills_in_cell_by_cell(app, page):
     page.fill("#generate-prompt textarea", "a red apple on a blue background")
     page.click("#grid-panel button")  # the accordion's header opens it
     for box in ("#grid-iterations", "#grid-steps"):
-        field = page.locator(f"{box} textarea, {box} input").first
-        field.fill("1,2")
-        field.press("Tab")  # the textbox hands its value to the app when it loses focus
+        fill_until_it_holds(page, box, "1,2")
     page.wait_for_timeout(1500)  # the values reach the app behind the budget line's updates
     watch_images(page, "#grid-image", "__grids")
     page.click("#grid-run")
