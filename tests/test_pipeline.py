@@ -537,5 +537,11 @@ def test_compiled_core_gives_the_same_image():
     pipe.compile()
     lrus = [m for m in pipe.generator.modules() if hasattr(m, "method") and hasattr(m, "chunk")]
     assert lrus and all(m.method == "blocked" for m in lrus)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = pipe.generate("a cat", steps=2, iterations=3, guidance=2.0, seed=5).images[0]
     assert np.abs(pixels(compiled).astype(int) - eager.astype(int)).max() <= 1
+    # every iteration and step ran one graph: no graph breaks, no recompiling per iteration index
+    counters = torch._dynamo.utils.counters
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -64,11 +64,14 @@ class TextCondition:
         if self.regions is None:
             return None if self.mask is None else self.mask[:, None, None, :]
         key = ("regions", h, w)
-        if key not in self.cache:
+        if key not in self.cache or torch.compiler.is_compiling():  # (compiled code builds it in its graph)
             from ..layout import region_attention_mask
 
             allowed = region_attention_mask(*self.regions, h, w).to(self.tokens.device)
-            self.cache[key] = allowed if self.mask is None else allowed & self.mask[:, None, None, :]
+            allowed = allowed if self.mask is None else allowed & self.mask[:, None, None, :]
+            if torch.compiler.is_compiling():
+                return allowed
+            self.cache[key] = allowed
         return self.cache[key]
 
     @staticmethod
@@ -284,7 +287,11 @@ class IrisGenerator(nn.Module):
         """One core iteration (1-based index i): s_{i-1} -> s_i, all [B, h, w, D]."""
         idx = torch.full((s.shape[0],), min(i - 1, self.config.max_iterations - 1), device=s.device)
         mod = self.core_mod(F.silu(c + self.iter_embed(idx)))
-        x = self.inject(torch.cat([s, e], dim=-1))
+        return self.core_stack(self.inject(torch.cat([s, e], dim=-1)), mod, text)
+
+    def core_stack(self, x: torch.Tensor, mod: torch.Tensor, text: TextCondition) -> torch.Tensor:
+        """The shared core layers and the state norm on x [B, h, w, D], given this iteration's adaLN table
+        `mod`: the same code at every iteration, so `torch.compile` builds it once per shape."""
         for layer in self.core:
             x = layer(x, mod, text)
         return self.state_norm(x)

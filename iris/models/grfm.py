@@ -36,8 +36,8 @@ class _InferenceCache:
         self.value: Any = None
 
     def get(self, key: tuple, build: Callable[[], Any]) -> Any:
-        if torch.is_grad_enabled():
-            return build()
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return build()  # (compiled: traced into the graph, whose constants are folded once)
         if key != self.key or self.value is None:
             with torch.inference_mode(False), torch.no_grad():  # usable later inside or outside inference mode
                 self.value = build()

@@ -94,7 +94,8 @@ class CrossAttention(nn.Module):
         b, n, d = x.shape
         hd = d // self.heads
         q = self.q_norm(self.q(x).view(b, n, self.heads, hd)).transpose(1, 2)
-        use_cache = cache is not None and not torch.is_grad_enabled()
+        # compiled code recomputes them instead: a dict filled on the first call would recompile the graph
+        use_cache = cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         kv = cache.get(id(self)) if use_cache else None
         if kv is None:
             kv = self.keys_values(text)

@@ -235,6 +235,7 @@ class DistillStage(FlowStage):
             raise ValueError(f"distill_method must be consistency or trajectory, got {cfg.distill_method!r}")
         self.teacher = copy.deepcopy((teacher or pipe).generator).requires_grad_(False).eval()
         self.teacher_iterations = cfg.distill_teacher_iterations or (teacher or pipe).config.sampler.iterations
+        self.teacher_guidance_max_t = (teacher or pipe).config.sampler.guidance_max_t  # its guidance interval
         self.cache = None
         if cfg.distill_cache:
             from .trajectories import load
@@ -283,7 +284,7 @@ class DistillStage(FlowStage):
         times = sampling.flow_timesteps(self.cfg.distill_teacher_steps, self.pipe.config.sampler.shift)
         z = torch.randn(shape, generator=rng).to(self.pipe.device)
         states, end = solve_from(self.teacher, self.text_encoder, z, captions, times, self.teacher_iterations,
-                                 self.cfg.distill_guidance, rng, self.pipe.config.sampler.guidance_max_t)
+                                 self.cfg.distill_guidance, rng, self.teacher_guidance_max_t)
         return states, end, times[:-1]
 
     def forward_trajectory(self, batch: dict[str, Any], rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
