@@ -222,10 +222,10 @@ class IrisCore:
 
     def compile(self) -> IrisCore:
         """Compile the core's layer stack with `torch.compile` (opt-in). It pays off over many images at one
-        size: on a 2-core CPU the demo's 4 x 8 guided image runs about 1.3x faster, after about a minute of
-        compiling per batch size (guided steps run 2, unguided 1) and resolution. The iteration index stays
-        outside the compiled code, so all iterations share one graph; the scan takes its static "blocked"
-        form, which has no data-dependent shapes."""
+        size: on a CPU the demo's 2 x 4 image runs about 1.3x faster and its 4 x 8 guided one about 1.1x, after
+        about a minute of compiling per batch size (guided steps run 2, unguided 1) and resolution. The
+        iteration index stays outside the compiled code, so all iterations share one graph; the scan takes its
+        static "blocked" form, which has no data-dependent shapes."""
         from .models.grfm import RGLRU
 
         for module in self.generator.modules():
