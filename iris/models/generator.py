@@ -63,16 +63,19 @@ class TextCondition:
         [B, 1, h*w, L] when subjects are placed (each image token hears its own region's reading)."""
         if self.regions is None:
             return None if self.mask is None else self.mask[:, None, None, :]
+        if torch.compiler.is_compiling():  # compiled code builds it in its graph (a dict would re-guard it)
+            return self._region_mask(h, w)
         key = ("regions", h, w)
-        if key not in self.cache or torch.compiler.is_compiling():  # (compiled code builds it in its graph)
-            from ..layout import region_attention_mask
-
-            allowed = region_attention_mask(*self.regions, h, w).to(self.tokens.device)
-            allowed = allowed if self.mask is None else allowed & self.mask[:, None, None, :]
-            if torch.compiler.is_compiling():
-                return allowed
-            self.cache[key] = allowed
+        if key not in self.cache:
+            self.cache[key] = self._region_mask(h, w)
         return self.cache[key]
+
+    def _region_mask(self, h: int, w: int) -> torch.Tensor:
+        """[B, 1, h*w, L]: each image token may hear its own region's reading (and no padding)."""
+        from ..layout import region_attention_mask
+
+        allowed = region_attention_mask(*self.regions, h, w).to(self.tokens.device)
+        return allowed if self.mask is None else allowed & self.mask[:, None, None, :]
 
     @staticmethod
     def cat(parts: list[TextCondition]) -> TextCondition:

@@ -48,20 +48,13 @@ def guided_velocity(gen: IrisGenerator, z: torch.Tensor, t: torch.Tensor, cond: 
     branch alone."""
     b = z.shape[0]
     if guidance == 1.0:
-        c = gen.condition(t, cond)
-        e = gen.embed(z, c)
-        state = gen.initial_state(e, rng)
-        for i in range(1, iterations + 1):
-            state = gen.iterate(state, e, c, cond, i)
-        return gen.decode(state, e, c)
+        return gen(z, t, cond, iterations, state_generator=rng)
     mask = None if cond.mask is None else torch.cat([cond.mask, null.mask])
     text = TextCondition(torch.cat([cond.tokens, null.tokens]), mask)
     c = gen.condition(torch.cat([t, t]), text)
     e = gen.embed(torch.cat([z, z]), c)
     s0 = gen.initial_state(e[:b], rng)
-    state = torch.cat([s0, s0])
-    for i in range(1, iterations + 1):
-        state = gen.iterate(state, e, c, text, i)
+    state = gen.run_core(torch.cat([s0, s0]), e, c, text, iterations)
     return sampling.cfg_combine(*gen.decode(state, e, c).chunk(2), guidance)
 
 
