@@ -1,4 +1,5 @@
-"""The `iris` command as a user runs it: `python -m iris.cli ...` in a subprocess, offline, one torch thread.
+"""The `iris` command as a user runs it: `python -m iris.cli ...` in a subprocess (or a forked child of one warm
+interpreter, for the many bad-input cases), offline, one torch thread.
 
 Every bad input ends with a non-zero exit and one line `iris: error: ...` on stderr, never a traceback; a good run
 writes a PNG carrying its parameters; a failed write (unwritable folder, full disk) leaves no partial file.
@@ -29,6 +30,65 @@ def iris(*args: str, cwd: Path | None = None, timeout: float = 120, preexec_fn=N
            "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "iris.cli", *args], cwd=cwd or ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+# One interpreter that has imported `iris.cli` forks a child per command: the child runs `main(args)` with its
+# own stdout and stderr files and exits with its code, so each case costs a fork, not a torch import.
+_FORK_SERVER = r"""
+import json, os, sys, traceback
+import iris.cli
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(req["cwd"])
+        for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = ["iris", *req["args"]]
+        try:
+            code = iris.cli.main(req["args"])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class CliServer:
+    """`run(*args)` is `iris(*args)` in a forked child of one warm interpreter: same exit code and output."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.count = folder, 0
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+               "PYTHONWARNINGS": "ignore"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=ROOT, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        self.count += 1
+        out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
+        request = {"args": list(args), "cwd": str(cwd or ROOT), "stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        code = int(self.proc.stdout.readline())
+        read = lambda path: path.read_bytes().decode(errors="replace")  # noqa: E731
+        return subprocess.CompletedProcess(["iris", *args], code, read(out), read(err))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    server = CliServer(tmp_path_factory.mktemp("cli-output"))
+    yield server.run
+    server.close()
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -118,9 +178,9 @@ CASES = list(bad_cases(Path("/")).keys())
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_gives_one_line_error(files, case, tmp_path):
+def test_bad_input_gives_one_line_error(cli, files, case, tmp_path):
     args, word = bad_cases(files)[case]
-    proc = iris(*args, "-o", str(tmp_path / "out.png")) if args[0] != "info" else iris(*args)
+    proc = cli(*args, "-o", str(tmp_path / "out.png")) if args[0] != "info" else cli(*args)
     assert_one_line_error(proc, contains=word)
     assert not (tmp_path / "out.png").exists()
     assert list(tmp_path.iterdir()) == []  # nothing written, no temp files
@@ -129,8 +189,8 @@ def test_bad_input_gives_one_line_error(files, case, tmp_path):
 
 @pytest.mark.parametrize("args", [["generate", "x", "--steps", "abc"], ["generate", "x", "--seed", "1.5"],
                                   ["upscale", "a.png", "--scale", "3"], ["frobnicate"]])
-def test_malformed_arguments_exit_2_without_traceback(args):
-    proc = iris(*args)
+def test_malformed_arguments_exit_2_without_traceback(cli, args):
+    proc = cli(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert re.match(r"^iris( \w+)?: error: ", error_lines(proc)[-1]), proc.stderr  # argparse: `iris edit: error:`
 
@@ -150,8 +210,8 @@ def test_generate_writes_a_png_with_its_parameters(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temp file left behind
 
 
-def test_info_small_reports_about_47m_generator_params():
-    proc = iris("info", "--model", "small")
+def test_info_small_reports_about_47m_generator_params(cli):
+    proc = cli("info", "--model", "small")
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"params\s+generator\s+([\d.]+)M", proc.stdout)
     assert match, proc.stdout
@@ -159,24 +219,24 @@ def test_info_small_reports_about_47m_generator_params():
 
 
 # ----------------------------------------------------------------------------------------------- faults
-def test_output_path_under_a_file_gives_one_line_error(files, tmp_path):
+def test_output_path_under_a_file_gives_one_line_error(cli, files, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    proc = iris("edit", str(files / "photo.png"), "x", *FAST, "-o", str(blocker / "sub" / "out.png"))
+    proc = cli("edit", str(files / "photo.png"), "x", *FAST, "-o", str(blocker / "sub" / "out.png"))
     assert_one_line_error(proc, only=False)  # after the progress line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and blocker.read_text() == "not a folder"
 
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
-def test_an_output_that_is_a_folder_or_a_device_is_refused_before_the_run(tmp_path, kind):
+def test_an_output_that_is_a_folder_or_a_device_is_refused_before_the_run(cli, tmp_path, kind):
     """`-o FOLDER` failed after the run with the temp file's name; `-o /dev/null` (here a FIFO standing in for a
     device) was replaced by a regular file. Both are refused at once, without a progress line."""
     import stat
 
     target = tmp_path / "out.png"
     os.mkfifo(target) if kind == "fifo" else target.mkdir()
-    proc = iris("generate", "x", *FAST, "-o", str(target))
+    proc = cli("generate", "x", *FAST, "-o", str(target))
     line = assert_one_line_error(proc, contains="folder" if kind == "folder" else "not a regular file")
     assert ".out-" not in line and proc.returncode == 1
     mode = os.lstat(target).st_mode
@@ -184,9 +244,9 @@ def test_an_output_that_is_a_folder_or_a_device_is_refused_before_the_run(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
-def test_an_empty_model_means_the_bundled_demo(tmp_path):
+def test_an_empty_model_means_the_bundled_demo(cli, tmp_path):
     """`--model ""` (an unset variable in a script) said ". has no config.json": it is the default model."""
-    proc = iris("info", "--model", "", cwd=tmp_path)
+    proc = cli("info", "--model", "", cwd=tmp_path)
     assert proc.returncode == 0 and "(demo)" in proc.stdout.splitlines()[0], proc.stdout + proc.stderr
 
 
@@ -272,5 +332,5 @@ def test_grid_writes_a_labelled_png_with_every_cell(tmp_path):
     (["generate", "x", "--model", "nano", "--device", "meta"], "device"),
     (["generate", "\udcff\udcfe", "--model", "nano"], "not valid Unicode"),
 ])
-def test_devices_and_undecodable_prompts_give_one_line_errors(args, contains):
-    assert_one_line_error(iris(*args, "-q"), contains=contains)
+def test_devices_and_undecodable_prompts_give_one_line_errors(cli, args, contains):
+    assert_one_line_error(cli(*args, "-q"), contains=contains)
