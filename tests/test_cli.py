@@ -35,12 +35,13 @@ def iris(*args: str, cwd: Path | None = None, timeout: float = 120, preexec_fn=N
 # One interpreter that has imported `iris.cli` forks a child per command: the child runs `main(args)` with its
 # own stdout and stderr files and exits with its code, so each case costs a fork, not a torch import.
 _FORK_SERVER = r"""
-import json, os, sys, traceback
+import json, os, signal, sys, traceback
 import iris.cli
 for line in sys.stdin:
     req = json.loads(line)
     pid = os.fork()
     if pid == 0:
+        signal.alarm(120)  # a command that hangs dies as `iris(..., timeout=120)` would end it
         os.chdir(req["cwd"])
         for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
@@ -75,7 +76,9 @@ class CliServer:
         request = {"args": list(args), "cwd": str(cwd or ROOT), "stdout": str(out), "stderr": str(err)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        code = int(self.proc.stdout.readline())
+        reply = self.proc.stdout.readline()
+        assert reply, f"the CLI fork server exited (code {self.proc.poll()}) on {args}"
+        code = int(reply)
         read = lambda path: path.read_bytes().decode(errors="replace")  # noqa: E731
         return subprocess.CompletedProcess(["iris", *args], code, read(out), read(err))
 
