@@ -25,11 +25,15 @@ FAST = ["--model", "nano", "--steps", "1", "-r", "1"]
 SENTINEL_NAME = "pickle-was-loaded"
 
 
+def cli_env() -> dict[str, str]:
+    """The environment every `iris` process of these tests runs in: offline, one thread, this checkout."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            "PYTHONWARNINGS": "ignore"}
+
+
 def iris(*args: str, cwd: Path | None = None, timeout: float = 120, preexec_fn=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "iris.cli", *args], cwd=cwd or ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=preexec_fn)
+    return subprocess.run([sys.executable, "-m", "iris.cli", *args], cwd=cwd or ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 # One interpreter that has imported `iris.cli` forks a child per command: the child runs `main(args)` with its
@@ -45,7 +49,6 @@ for line in sys.stdin:
         os.chdir(req["cwd"])
         for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        sys.argv = ["iris", *req["args"]]
         try:
             code = iris.cli.main(req["args"])
         except SystemExit as exit_:
@@ -65,9 +68,7 @@ class CliServer:
 
     def __init__(self, folder: Path):
         self.folder, self.count = folder, 0
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-               "PYTHONWARNINGS": "ignore"}
-        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=ROOT, env=env, text=True,
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=ROOT, env=cli_env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -78,9 +79,8 @@ class CliServer:
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
         assert reply, f"the CLI fork server exited (code {self.proc.poll()}) on {args}"
-        code = int(reply)
-        read = lambda path: path.read_bytes().decode(errors="replace")  # noqa: E731
-        return subprocess.CompletedProcess(["iris", *args], code, read(out), read(err))
+        stdout, stderr = (path.read_bytes().decode(errors="replace") for path in (out, err))
+        return subprocess.CompletedProcess(["iris", *args], int(reply), stdout, stderr)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -257,9 +257,8 @@ def test_a_reader_that_goes_away_is_no_error():
     """`iris info | head -1` printed "iris: error: [Errno 32] Broken pipe": the reader closing is not an error."""
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "iris.cli", "info", "--model", "nano"], cwd=ROOT, env=env,
+        proc = subprocess.run([sys.executable, "-m", "iris.cli", "info", "--model", "nano"], cwd=ROOT, env=cli_env(),
                               stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write)
