@@ -90,14 +90,15 @@ def test_gradients_through_the_optimised_paths_equal_the_plain_forms():
 
 
 def test_inference_caches_follow_weight_changes():
-    """The fused projection and AFNO's real weights are cached at inference; changing a weight in place (a
-    fine-tune step, load_state_dict) must rebuild them."""
+    """The fused projection, AFNO's real weights and the RG-LRU's decay rate are cached at inference; changing a
+    weight in place (a fine-tune step, load_state_dict) must rebuild them."""
     gen = _generator()
     inputs = _inputs(gen.config, 4, 4)
     with torch.no_grad():
         before = _velocity(gen, inputs)
         gen.core[0].mixer.gate.weight.add_(0.5)
         gen.core[0].mixer.fourier.w1.mul_(2.0)
+        gen.core[1].mixer.recurrent.lru.a_param.sub_(1.0)
         after = _velocity(gen, inputs)
         with plain_forms():
             plain = _velocity(gen, inputs)

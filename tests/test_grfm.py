@@ -233,6 +233,31 @@ def test_rglru_matches_sequential_reference():
     torch.testing.assert_close(got, torch.stack(ref, 1).detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_rglru_decay_floor_bounds_every_input():
+    """The scan sizes its chunks from `log_a_floor` (the weights' bound on log a) instead of measuring log a:
+    the bound must hold for any input, saturated gates included."""
+    torch.manual_seed(0)
+    lru = perturb(RGLRU(8, c=8.0, chunk=64), std=0.5)
+    x = torch.cat([torch.randn(2, 30, 8), 1e4 * torch.ones(1, 30, 8)])  # the last row saturates the gates
+    with torch.no_grad():
+        gate_a = torch.sigmoid(lru.gates(x)).chunk(2, dim=-1)[0]
+        log_a = gate_a * lru.log_rate()
+        assert float(log_a.min()) >= lru.log_a_floor()
+        assert lru.log_a_floor() == pytest.approx(float(log_a[2].min()), rel=1e-6)  # and it is reached
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 9])
+def test_causal_conv_equals_conv1d_on_short_and_long_sequences(n):
+    """The depthwise causal conv as shifted multiply-adds equals nn.Conv1d, also on sequences shorter than its
+    kernel (the 1-token rows of a thin image)."""
+    torch.manual_seed(n)
+    block = RecurrentBlock(8, 6, conv_width=4)
+    r = torch.randn(3, n, 6)
+    with torch.no_grad():
+        ref = block.conv(r.transpose(1, 2))[..., :n].transpose(1, 2)
+        torch.testing.assert_close(block.causal_conv(r), ref, atol=1e-6, rtol=1e-6)
+
+
 def test_rglru_is_causal():
     lru = RGLRU(4, chunk=3)
     x = torch.randn(1, 10, 4, requires_grad=True)

@@ -167,3 +167,17 @@ def test_half_precision_inputs_keep_their_dtype():
     assert out.dtype == torch.bfloat16
     ref = sequential_linear_scan(log_a.bfloat16().float(), b.bfloat16().float())
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_a_known_floor_gives_the_measured_result(regime):
+    """With `log_a_floor` (a bound the caller knows) the cumsum form skips measuring log a; a true bound gives
+    the same h, and a bound below `min_log_a` still clamps."""
+    case = {"b": 2, "n": 150, "d": 4, "with_h0": True, "regime": regime, "seed": 3}
+    log_a, b, h0 = _inputs(case)
+    ref64 = sequential_linear_scan(log_a.double().clamp_min(-16.0), b.double(), h0.double())
+    measured = chunked_linear_scan(log_a, b, 64, h0)
+    for floor in (float(log_a.min()), REGIMES[regime][0]):
+        known = chunked_linear_scan(log_a, b, 64, h0, log_a_floor=floor)
+        torch.testing.assert_close(known, measured, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(known.double(), ref64, atol=1e-5 * max(1.0, ref64.abs().max().item()), rtol=1e-5)

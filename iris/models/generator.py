@@ -286,11 +286,21 @@ class IrisGenerator(nn.Module):
         noise = torch.randn(e.shape, generator=generator, device=generator.device, dtype=torch.float32)
         return noise.to(e) * self.config.state_init_std
 
-    def iterate(self, s: torch.Tensor, e: torch.Tensor, c: torch.Tensor, text: TextCondition, i: int) -> torch.Tensor:
-        """One core iteration (1-based index i): s_{i-1} -> s_i, all [B, h, w, D]."""
+    def inject_input(self, e: torch.Tensor) -> torch.Tensor:
+        """The half of the injection W_u [s, e] + b that every iteration shares: W_e e + b, [B, h, w, D]."""
+        return F.linear(e, self.inject.weight[:, self.config.dim :], self.inject.bias)
+
+    def iterate(self, s: torch.Tensor, e: torch.Tensor, c: torch.Tensor, text: TextCondition, i: int,
+                injected: torch.Tensor | None = None) -> torch.Tensor:
+        """One core iteration (1-based index i): s_{i-1} -> s_i, all [B, h, w, D]. `injected`: the
+        iteration-invariant `inject_input(e)`, computed here when not given."""
         idx = torch.full((s.shape[0],), min(i - 1, self.config.max_iterations - 1), device=s.device)
         mod = self.core_mod(F.silu(c + self.iter_embed(idx)))
-        return self.core_stack(self.inject(torch.cat([s, e], dim=-1)), mod, text)
+        if injected is None:
+            injected = self.inject_input(e)
+        d = self.config.dim
+        x = torch.addmm(injected.reshape(-1, d), s.reshape(-1, d), self.inject.weight[:, :d].t()).view(s.shape)
+        return self.core_stack(x, mod, text)
 
     def core_stack(self, x: torch.Tensor, mod: torch.Tensor, text: TextCondition) -> torch.Tensor:
         """The shared core layers and the state norm on x [B, h, w, D], given this iteration's adaLN table
@@ -358,9 +368,10 @@ class IrisGenerator(nn.Module):
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         k = iterations if backprop_iterations is None else backprop_iterations
+        injected = self.inject_input(e)
         for i in range(1, iterations + 1):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i > iterations - k):
-                s_next = self.iterate(s, e, c, text, i)
+                s_next = self.iterate(s, e, c, text, i, injected)
             done = False
             if exit_threshold is not None:
                 change = (s_next - s).flatten(1).norm(dim=1) / s_next.flatten(1).norm(dim=1).clamp_min(1e-8)

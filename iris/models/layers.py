@@ -57,6 +57,20 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(sinusoid(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
+# gelu_tanh(x) = x sigmoid(2 u), u = sqrt(2 / pi) (x + 0.044715 x^3): the same function as tanh-GELU
+_GELU_A = 2 * math.sqrt(2 / math.pi)
+_GELU_B = _GELU_A * 0.044715
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU, any shape. At inference it is computed as x * sigmoid(x (a + b x^2)), equal
+    within 1e-6: this CPU's vectorised tanh is about 3.5x slower than its sigmoid. Training and compiled code
+    use `F.gelu`, whose backward is fused."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    return torch.addcmul(x.new_tensor(_GELU_A), x, x, value=_GELU_B).mul_(x).sigmoid_().mul_(x)
+
+
 class MLP(nn.Module):
     """Position-wise GELU MLP, [..., D] -> [..., D]."""
 
@@ -66,7 +80,7 @@ class MLP(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class CrossAttention(nn.Module):

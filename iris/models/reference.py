@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from . import generator, grfm, scan
+from . import generator, grfm, layers, scan
 
 
 def afno_forward(self: grfm.AFNO2D, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,24 @@ def rglru_forward(self: grfm.RGLRU, x: torch.Tensor) -> torch.Tensor:
     log_a = -self.c * gate_a.float() * F.softplus(-self.a_param.float())
     mult = torch.sqrt((1 - torch.exp(2 * log_a)).clamp_min(1e-12))
     return scan.chunked_linear_scan(log_a, mult * (gate_x * x).float(), self.chunk, method=self.method).to(x.dtype)
+
+
+def uncached_log_rate(self: grfm.RGLRU) -> torch.Tensor:
+    """The RG-LRU's -c softplus(-Lambda), recomputed at every call."""
+    return -self.c * F.softplus(-self.a_param.float())
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """torch's tanh-approximated GELU kernel."""
+    return F.gelu(x, approximate="tanh")
+
+
+def iterate(self: generator.IrisGenerator, s: torch.Tensor, e: torch.Tensor, c: torch.Tensor,
+            text: generator.TextCondition, i: int, injected: torch.Tensor | None = None) -> torch.Tensor:
+    """One core iteration with the injection W_u [s, e] + b as one linear on the concatenation, every iteration."""
+    idx = torch.full((s.shape[0],), min(i - 1, self.config.max_iterations - 1), device=s.device)
+    mod = self.core_mod(F.silu(c + self.iter_embed(idx)))
+    return self.core_stack(self.inject(torch.cat([s, e], dim=-1)), mod, text)
 
 
 def decomposed_attend(self: grfm.ManhattanAttention, qkv: torch.Tensor, exact: bool | None = None) -> torch.Tensor:
@@ -124,6 +142,10 @@ PLAIN_FORMS: dict[str, list[tuple[object, str, Callable]]] = {
     "conv": [(grfm.RecurrentBlock, "causal_conv", causal_conv)],
     "scan": [(scan, "_cumsum_chunks", cumsum_scan)],
     "exp": [(grfm.RGLRU, "forward", rglru_forward)],
+    "rate": [(grfm.RGLRU, "log_rate", uncached_log_rate)],
+    # layers.py and grfm.py both call gelu_tanh by name
+    "gelu": [(layers, "gelu_tanh", gelu), (grfm, "gelu_tanh", gelu)],
+    "inject": [(generator.IrisGenerator, "iterate", iterate)],
     "projection": [(grfm.GRFM, "forward", grfm_forward)],
     "attention": [(grfm.ManhattanAttention, "attend", decomposed_attend)],
     # generator.py imported modulate and add_gated by name, so both names are swapped

@@ -25,12 +25,6 @@ import torch.nn.functional as F
 LOG2E = 1 / math.log(2)
 
 
-def fast_exp(x: torch.Tensor) -> torch.Tensor:
-    """exp(x) as exp2(x log2 e), within ~1e-6 relative: torch's CPU exp2 kernel is about 4x faster than its exp.
-    Eager only (ONNX has no exp2; the export's scan uses the "matrix" form with exp)."""
-    return torch.exp2(x * LOG2E)
-
-
 def _matrix_chunk(la: torch.Tensor, bb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     t = la.shape[1]
     ones = torch.ones(t, t, dtype=torch.bool, device=la.device)
@@ -49,8 +43,10 @@ def _cumsum_chunks(log_a: torch.Tensor, b: torch.Tensor, chunk: int, h0: torch.T
         log_a, b = F.pad(log_a, (0, 0, 0, pad)), F.pad(b, (0, 0, 0, pad))
     m = (n + pad) // chunk
     cum = (log_a * LOG2E).view(bsz, m, chunk, d).cumsum(dim=2)  # [B, M, T, D], in log2 units
-    decay = torch.exp2(cum)
-    local = decay * (b.view(bsz, m, chunk, d) * torch.exp2(-cum)).cumsum(dim=2)
+    decay = torch.exp2(cum)  # >= e^-max_log_range: a normal fp32 number, so its reciprocal is finite
+    # exp(-L) as 1 / exp(L) (a cheaper kernel), except under autograd: that gradient, -1 / exp(L)^2, overflows
+    inverse = torch.exp2(-cum) if cum.requires_grad else decay.reciprocal()
+    local = decay * (b.view(bsz, m, chunk, d) * inverse).cumsum(dim=2)
     if m > 1 or h0 is not None:
         h = torch.zeros(bsz, d, device=b.device, dtype=b.dtype) if h0 is None else h0.float()
         carry = [h]
@@ -86,11 +82,14 @@ def chunked_linear_scan(
     method: str = "cumsum",
     max_log_range: float = 80.0,
     min_log_a: float = -16.0,
+    log_a_floor: float | None = None,
 ) -> torch.Tensor:
     """Scan over the sequence axis. log_a, b: [B, N, D] (log a <= 0); h0: [B, D] or None -> h [B, N, D].
 
     chunk: the chunk length of the "cumsum" and "matrix" forms ("blocked" derives its block from
     max_log_range / -min_log_a).
+    log_a_floor: a lower bound of log_a that the caller knows (the RG-LRU's from its weights); the "cumsum"
+    form then sizes its chunks from it instead of measuring log_a.
     """
     dtype = b.dtype
     log_a, b = log_a.float(), b.float()
@@ -104,9 +103,11 @@ def chunked_linear_scan(
         out = _blocked_scan(log_a, b, block, min_log_a)
         return (out if h0 is None else out[:, 1:]).to(dtype)
     if method == "cumsum":
-        log_a = log_a.clamp_min(min_log_a)  # a < e^-16 is zero at fp32 precision; bounds the chunk below
-        worst = float(-log_a.detach().min()) if log_a.numel() else 0.0
-        chunk = max(1, min(chunk, int(max_log_range / max(worst, 1e-6))))
+        if log_a_floor is None or log_a_floor < min_log_a:
+            log_a = log_a.clamp_min(min_log_a)  # a < e^-16 is zero at fp32 precision; bounds the chunk below
+            log_a_floor = float(log_a.detach().min()) if log_a.numel() else 0.0
+        worst = -log_a_floor
+        chunk = max(1, min(chunk, n, int(max_log_range / max(worst, 1e-6))))  # (a chunk past n is padding)
         return _cumsum_chunks(log_a, b, chunk, h0).to(dtype)
     if method != "matrix":
         raise ValueError(f"unknown scan method {method!r}")
