@@ -7,6 +7,7 @@ every optimisation must leave the velocity unchanged to within fp32 round-off.
     python benchmarks/optimisations.py                      # small at 256 and 512 px, 2 threads
     python benchmarks/optimisations.py --variant nano --px 128 256 --threads 1 --compile
     python benchmarks/optimisations.py --demo                # the bundled model, whole generations, plain forms
+    python benchmarks/optimisations.py --demo --rows gelu,inject --repeats 15
 
 Benchmark on an idle machine: two thread pools sharing the cores with another busy process slow down
 10-30x, not 2x.
@@ -43,16 +44,20 @@ PLAIN_FORM_NAMES = {
 
 
 def _interleaved(fn_a: Callable[[], torch.Tensor], fn_b: Callable[[], torch.Tensor], repeats: int):
-    """Median seconds of fn_a and fn_b, run alternately after one warm-up each, and their outputs."""
+    """Median seconds of fn_a and fn_b, run alternately after one warm-up each (which goes first alternates too),
+    their outputs, and the median of the per-pair ratios time_a / time_b (the speed-up: robust to the machine's
+    speed drifting between pairs)."""
     with torch.inference_mode():
         out_a, out_b = fn_a(), fn_b()
         ta, tb = [], []
-        for _ in range(repeats):
-            for fn, times in ((fn_a, ta), (fn_b, tb)):
+        for i in range(repeats):
+            pair = ((fn_a, ta), (fn_b, tb))
+            for fn, times in pair if i % 2 == 0 else pair[::-1]:
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb), out_a, out_b
+    ratio = statistics.median(a / b for a, b in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), out_a, out_b, ratio
 
 
 @contextmanager
@@ -103,9 +108,9 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
 
         fa = with_ctx(ctx_before)
         fb = with_ctx(ctx_after) if ctx_after is not None else run
-        ta, tb, oa, ob = _interleaved(fa, fb, repeats)
+        ta, tb, oa, ob, ratio = _interleaved(fa, fb, repeats)
         rows.append({"variant": variant, "px": px, "optimisation": name, "before": before, "after": after,
-                     "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ta / tb,
+                     "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ratio,
                      "max_abs_diff": float((oa - ob).abs().max())})
         print(_row_md(rows[-1]), flush=True)
 
@@ -199,9 +204,13 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
     return rows
 
 
-def demo_rows(budgets: list[tuple[int, int, float]], repeats: int) -> list[dict]:
+DEMO_ROWS = (*PLAIN_FORMS, "all", "chunk", "layout")
+
+
+def demo_rows(budgets: list[tuple[int, int, float]], repeats: int, only: tuple[str, ...] = DEMO_ROWS) -> list[dict]:
     """Whole generations of the bundled demo model: every optimisation alone in its plain form (before) against
-    the shipped code (after), then all of them at once."""
+    the shipped code (after), then all of them at once, the scan's chunk length and the conv layout; `only`
+    picks rows by name (`DEMO_ROWS`)."""
     from iris import IrisPipeline
 
     pipe = IrisPipeline.from_pretrained()
@@ -211,15 +220,15 @@ def demo_rows(budgets: list[tuple[int, int, float]], repeats: int) -> list[dict]
             return pipe.generate("a red apple on a blue background", steps=steps, iterations=iterations,
                                  guidance=guidance, seed=1).latents
 
-        for name in [*PLAIN_FORMS, "all"]:
+        for name in [n for n in (*PLAIN_FORMS, "all") if n in only]:
             def plain(name=name):
                 with plain_forms(*(() if name == "all" else (name,))):
                     return run()
 
-            ta, tb, oa, ob = _interleaved(plain, run, repeats)
+            ta, tb, oa, ob, ratio = _interleaved(plain, run, repeats)
             rows.append({"variant": "demo", "px": f"{steps} × {iterations}, g {guidance:g}", "optimisation": name,
                          "before": "plain", "after": PLAIN_FORM_NAMES.get(name, "all optimised"),
-                         "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ta / tb,
+                         "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ratio,
                          "max_abs_diff": float((oa - ob).abs().max())})
             print(_row_md(rows[-1]), flush=True)
 
@@ -230,12 +239,15 @@ def demo_rows(budgets: list[tuple[int, int, float]], repeats: int) -> list[dict]
             with _setting(lrus, "chunk", 16):
                 return run()
 
-        ta, tb, oa, ob = _interleaved(short_chunks, run, repeats)
+        if "chunk" not in only:
+            continue
+        ta, tb, oa, ob, ratio = _interleaved(short_chunks, run, repeats)
         rows.append({"variant": "demo", "px": f"{steps} × {iterations}, g {guidance:g}", "optimisation": "scan chunk",
                      "before": "16 tokens", "after": f"{lrus[0].chunk} tokens", "before_ms": ta * 1e3,
-                     "after_ms": tb * 1e3, "speedup": ta / tb, "max_abs_diff": float((oa - ob).abs().max())})
+                     "after_ms": tb * 1e3, "speedup": ratio, "max_abs_diff": float((oa - ob).abs().max())})
         print(_row_md(rows[-1]), flush=True)
-    rows += conv_layout_rows(pipe, budgets, repeats)
+    if "layout" in only:
+        rows += conv_layout_rows(pipe, budgets, repeats)
     return rows
 
 
@@ -256,13 +268,13 @@ def conv_layout_rows(pipe, budgets: list[tuple[int, int, float]], repeats: int) 
                 return p.generate("a red apple on a blue background", steps=steps, iterations=iterations,
                                   guidance=guidance, seed=1, preview_fraction=None, **kwargs).latents
 
-            ta, tb, za, zb = _interleaved(lambda: run(plain), lambda: run(pipe), repeats)
+            ta, tb, za, zb, ratio = _interleaved(lambda: run(plain), lambda: run(pipe), repeats)
             with torch.inference_mode():
                 oa, ob = plain.vae.decode(za), pipe.vae.decode(zb)
             rows.append({"variant": "demo", "px": f"{steps} × {iterations}, g {guidance:g}"
                          + (", every preview" if previews else ""), "optimisation": "conv layout",
                          "before": "contiguous conv weights", "after": "channels-last (VAE, previews, adapters)",
-                         "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ta / tb,
+                         "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ratio,
                          "max_abs_diff": float((oa - ob).abs().max())})
             print(_row_md(rows[-1]), flush=True)
     return rows
@@ -283,13 +295,18 @@ def main() -> None:
     ap.add_argument("--demo", action="store_true",
                     help="the bundled model, whole generations at 4 x 8 guided and 2 x 4 unguided, each optimisation "
                          "against its plain form (iris.models.reference)")
+    ap.add_argument("--rows", default="", help=f"with --demo: comma-separated rows, of {', '.join(DEMO_ROWS)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.demo:
         print(f"torch {torch.__version__}, {args.threads} threads, whole generations (latents compared)\n")
         print("| model | budget | optimisation | before → after | before ms | after ms | speedup | max abs diff |")
         print("|---|---|---|---|---|---|---|---|")
-        demo_rows([(4, 8, 3.0), (2, 4, 1.0)], args.repeats)
+        only = tuple(args.rows.split(",")) if args.rows else DEMO_ROWS
+        unknown = sorted(set(only) - set(DEMO_ROWS))
+        if unknown:
+            ap.error(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(DEMO_ROWS)}")
+        demo_rows([(4, 8, 3.0), (2, 4, 1.0)], args.repeats, only)
         return
     print(f"torch {torch.__version__}, {args.threads} threads, one NFE at the variant's default iterations\n")
     print("| variant | px | optimisation | before → after | before ms | after ms | speedup | max abs diff |")
