@@ -1,4 +1,4 @@
-"""The studio's hold on the IRIS engine: one pipeline, runs in a worker thread, previews, cancel, speed.
+"""The studio's hold on the IRIS engine: one pipeline, runs on one compute thread, previews, cancel, speed.
 
 Uses the engine's public API only (`iris.IrisPipeline`, `iris.PreviewEvent`, `iris.errors`, `iris.hub`).
 A run is a generator of `Update`s: the UI drains it and streams each preview to the browser. Stop sets a
@@ -23,6 +23,44 @@ TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
 FAST = "fast"  # the bundled demo model's distilled student
 GRID = "grid"  # the budget grid (iris.grid): one prompt and seed across budgets
+
+
+class ComputeThread:
+    """One long-lived daemon thread that runs every torch call of the studio (loads, runs, warm-up), in order.
+
+    Torch's CPU kernels run on OpenMP, whose workers spin between parallel regions only while the process owns
+    no more OpenMP threads than cores: each thread that has run a parallel region keeps a pool of its own, and
+    one more pool (a UI thread's, a finished run's) makes every region's workers sleep and wake instead, about
+    2x slower for the demo model on two cores. One thread for all of it keeps one pool.
+    """
+
+    def __init__(self, name: str = "iris-compute"):
+        self._jobs: queue.Queue[tuple[Any, tuple, dict, queue.Queue]] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, args, kwargs, reply = self._jobs.get()
+            try:
+                reply.put((True, fn(*args, **kwargs)))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                reply.put((False, err))
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> queue.Queue:
+        """Queue fn(*args, **kwargs); returns the queue its (ok, value or exception) pair arrives on."""
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._jobs.put((fn, args, kwargs, reply))
+        return reply
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs) on the compute thread, waited for (directly when called from it)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        ok, value = self.submit(fn, *args, **kwargs).get()
+        if not ok:
+            raise value
+        return value
 
 
 @dataclass
@@ -68,11 +106,12 @@ def is_variant(spec: str) -> bool:
 
 
 class Engine:
-    """Holds one IrisPipeline; runs tasks one at a time in a worker thread with live previews."""
+    """Holds one IrisPipeline; runs tasks one at a time on its compute thread with live previews."""
 
-    def __init__(self, model: str | None = DEMO, device: str = "cpu"):
+    def __init__(self, model: str | None = DEMO, device: str = "cpu", compile: bool = False):
         self.spec = model or DEMO
         self.device = device
+        self.compile = compile  # torch.compile every model loaded (`IrisPipeline.compile`)
         self.notice: str | None = None  # shown as a banner (random weights, fallback after a failed load)
         self._pipe: Any = None
         self._info: ModelInfo | None = None
@@ -81,6 +120,7 @@ class Engine:
         self._active: set[threading.Event] = set()
         self._background: set[threading.Event] = set()  # warm-up runs, stopped by any user run
         self.speed = SpeedMemory()  # measured speed by work size, scaled by the machine's load now
+        self.compute = ComputeThread()
 
     # ------------------------------------------------------------------------------------------ models
     def _build(self, spec: str, device: str) -> tuple[Any, str | None]:
@@ -118,7 +158,9 @@ class Engine:
         keeps the current model then. Waits for a running generation to finish first."""
         spec = (spec if spec is not None else self.spec) or DEMO
         device = device or self.device
-        pipe, notice = self._build(spec, device)
+        pipe, notice = self.compute.call(self._build, spec, device)
+        if self.compile:
+            pipe.compile()  # lazy: the first run at each size compiles (the warm-up's, at the default size)
         with self._run_lock:
             self._pipe, self.spec, self.device, self.notice = pipe, spec, device, notice
             self._info = self._describe(pipe)
@@ -182,8 +224,10 @@ class Engine:
     def warmup(self) -> None:
         """Two tiny runs: the first so the user's first run does not pay for lazy initialisation (it would
         pay it anyway, so it is not interrupted), the second to measure speed for the time estimate (any user
-        run stops it)."""
-        kwargs = {"prompt": "", "steps": 1, "iterations": 2, "seed": 0, "guidance": self.info.defaults["guidance"]}
+        run stops it). With `compile` the first run takes two steps, so that it compiles the core for both
+        batch sizes a run at the default size uses (a guided step runs two images, an unguided one one)."""
+        kwargs = {"prompt": "", "steps": 2 if self.compile else 1, "iterations": 2, "seed": 0,
+                  "guidance": self.info.defaults["guidance"]}
         try:
             for record in (False, True):
                 updates = list(
@@ -217,7 +261,7 @@ class Engine:
         record: bool = True,
         background: bool = False,
     ) -> Iterator[Update]:
-        """Run `pipe.<task>(**kwargs)` in a worker thread; yield previews at most every `interval` seconds,
+        """Run `pipe.<task>(**kwargs)` on the compute thread; yield previews at most every `interval` seconds,
         then a final "done" (with the IrisResult) or "cancelled" update. Engine errors are re-raised here.
         A `background` run (the warm-up) gives way: any other run stops it."""
         from iris.errors import GenerationCancelled
@@ -273,9 +317,8 @@ class Engine:
             expected = pipe.cost(steps, iterations, kwargs.get("guidance"), sampler).calls * iterations
             if task != "upscale":
                 pace = self._expected_pace(kwargs, load)
-        thread = threading.Thread(target=work, name=f"iris-{task}", daemon=True)
         start = time.perf_counter()
-        thread.start()
+        self.compute.submit(work)
         finished = False
         try:
             last_emit = -1e9

@@ -618,3 +618,53 @@ def test_saved_pngs_get_the_umask_permissions(tmp_path):
     path = Gallery(tmp_path).add(_image(), {"task": "generate", "seed": 1})
     assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK  # as any program's new file, not 0600
     assert (tmp_path / "index.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+
+
+def test_compile_flag_compiles_every_model_the_engine_loads():
+    """`iris-studio --compile` reaches the engine, which compiles each model it loads (a model switch too); the
+    warm-up then takes two steps so that its run compiles the guided batch as well. Compiling itself is lazy, so
+    nothing here waits for it."""
+    from iris_studio.cli import build_parser
+    from iris_studio.engine import Engine
+
+    assert build_parser().parse_args(["--compile"]).compile and not build_parser().parse_args([]).compile
+    compiled = lambda e: hasattr(e.pipe.generator.core_stack, "_torchdynamo_orig_callable")  # noqa: E731
+    e = Engine("nano", compile=True)
+    e.load()
+    assert compiled(e)
+    e.load("tiny")
+    assert compiled(e) and e.info.name.endswith("tiny")
+    plain = Engine("nano")
+    assert not compiled(plain)
+    for engine, steps in ((e, 2), (plain, 1)):
+        asked = []
+        engine.run = lambda task, kwargs, _asked=asked, **kw: _asked.append(kwargs) or iter(())  # ends the warm-up
+        engine.warmup()
+        assert [k["steps"] for k in asked] == [steps]
+
+
+def test_loads_and_runs_share_one_compute_thread():
+    """Every torch call of the studio runs on the engine's one compute thread (an OpenMP pool in a second thread
+    made each run about 1.5x slower): loads and runs alike, whichever thread asks; its errors reach the caller,
+    and a call made from the compute thread itself runs at once instead of waiting for itself."""
+    import threading
+
+    from iris_studio.engine import Engine
+
+    e = Engine("nano")
+    seen = []
+    build = e._build
+    e._build = lambda spec, device: (seen.append(threading.current_thread()), build(spec, device))[1]
+    e.load()
+    generate = e.pipe.generate
+    e.pipe.generate = lambda **kw: (seen.append(threading.current_thread()), generate(**kw))[1]
+    for _ in range(2):
+        updates = list(e.run("generate", {"prompt": "x", "steps": 1, "iterations": 1, "seed": 0}))
+        assert updates[-1].kind == "done"
+    asker = threading.Thread(target=e.load, args=("nano",))  # a load asked for from another thread
+    asker.start()
+    asker.join()
+    assert len(seen) == 4 and len(set(seen)) == 1 and seen[0] not in (threading.current_thread(), asker)
+    with pytest.raises(ZeroDivisionError):
+        e.compute.call(lambda: 1 / 0)
+    assert e.compute.call(lambda: e.compute.call(lambda: 7)) == 7
