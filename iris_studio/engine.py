@@ -29,9 +29,9 @@ class ComputeThread:
     """One long-lived daemon thread that runs every torch call of the studio (loads, runs, warm-up), in order.
 
     Torch's CPU kernels run on OpenMP, whose workers spin between parallel regions only while the process owns
-    no more OpenMP threads than cores: each thread that has run a parallel region keeps a pool of its own, and
-    one more pool (a UI thread's, a finished run's) makes every region's workers sleep and wake instead, about
-    2x slower for the demo model on two cores. One thread for all of it keeps one pool.
+    no more OpenMP threads than cores: each thread that has run a parallel region keeps a pool of its own while
+    it lives, and one more pool (a long-lived UI thread's) makes every region's workers sleep and wake instead:
+    the demo model's runs took about 1.5x as long on two cores. One thread for all of it keeps one pool.
     """
 
     def __init__(self, name: str = "iris-compute"):
