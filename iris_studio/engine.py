@@ -17,7 +17,7 @@ from typing import Any
 
 from iris.limits import PREVIEW_FRACTION
 
-from .speed import SpeedMemory
+from .speed import SpeedMemory, matrix_probe
 
 TASKS = ("generate", "inpaint", "edit", "upscale", "control")
 DEMO = "demo"
@@ -26,12 +26,13 @@ GRID = "grid"  # the budget grid (iris.grid): one prompt and seed across budgets
 
 
 class ComputeThread:
-    """One long-lived daemon thread that runs every torch call of the studio (loads, runs, warm-up), in order.
+    """One long-lived daemon thread that runs every torch call of the studio, in order.
 
     Torch's CPU kernels run on OpenMP, whose workers spin between parallel regions only while the process owns
     no more OpenMP threads than cores: each thread that has run a parallel region keeps a pool of its own while
-    it lives, and one more pool (a long-lived UI thread's) makes every region's workers sleep and wake instead:
-    the demo model's runs took about 1.5x as long on two cores. One thread for all of it keeps one pool.
+    it lives, and one more pool (a long-lived UI thread's, after the speed probe ran there) makes every region's
+    workers sleep and wake instead: the demo model's runs took about 1.5x as long on two cores. One thread for
+    all of it (loads, runs, the warm-up, the speed probe) keeps one pool.
     """
 
     def __init__(self, name: str = "iris-compute"):
@@ -118,8 +119,10 @@ class Engine:
         self._flags_lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._background: set[threading.Event] = set()  # warm-up runs, stopped by any user run
-        self.speed = SpeedMemory()  # measured speed by work size, scaled by the machine's load now
         self.compute = ComputeThread()
+        # measured speed by work size, scaled by the machine's load now; the load probe's torch GEMM runs on the
+        # compute thread too (between runs: while one runs, estimates reuse the last probe)
+        self.speed = SpeedMemory(lambda: self.compute.call(matrix_probe))
 
     # ------------------------------------------------------------------------------------------ models
     def _build(self, spec: str, device: str) -> tuple[Any, str | None]:

@@ -19,20 +19,19 @@ SMOOTHING = 0.6  # weight of the newest run against the remembered speed
 
 
 def matrix_probe() -> float:
-    """Seconds for a fixed small GEMM workload (median of 3), in numpy: it runs on whichever thread asks (the
-    UI's), and a torch op there would give that thread an OpenMP pool of its own, which slows every run on the
-    engine's compute thread (`engine.ComputeThread`)."""
-    import numpy as np
+    """Seconds for a fixed small GEMM workload at the engine's thread count (median of 3)."""
+    import torch
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal(PROBE_SHAPE, dtype=np.float32)
-    b = rng.standard_normal((PROBE_SHAPE[1], PROBE_SHAPE[1]), dtype=np.float32) / np.float32(PROBE_SHAPE[1] ** 0.5)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(*PROBE_SHAPE, generator=g)
+    b = torch.randn(PROBE_SHAPE[1], PROBE_SHAPE[1], generator=g) / PROBE_SHAPE[1] ** 0.5
     times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(10):
-            np.tanh(a @ b)  # the same normal-sized inputs every time (no denormals)
-        times.append(time.perf_counter() - t)
+    with torch.inference_mode():
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(10):
+                torch.tanh(a @ b)  # the same normal-sized inputs every time (no denormals)
+            times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 

@@ -620,16 +620,19 @@ def test_saved_pngs_get_the_umask_permissions(tmp_path):
     assert (tmp_path / "index.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
 
 
-def test_loads_and_runs_share_one_compute_thread():
+def test_loads_and_runs_share_one_compute_thread(monkeypatch):
     """Every torch call of the studio runs on the engine's one compute thread (an OpenMP pool in a second thread
-    made each run about 1.5x slower): loads and runs alike, whichever thread asks; its errors reach the caller,
-    and a call made from the compute thread itself runs at once instead of waiting for itself."""
+    made each run about 1.5x slower): loads, runs and the speed probe alike, whichever thread asks; its errors
+    reach the caller, and a call made from the compute thread itself runs at once instead of waiting for itself."""
     import threading
 
+    from iris_studio import engine as engine_module
     from iris_studio.engine import Engine
 
     e = Engine("nano")
     seen = []
+    probe = engine_module.matrix_probe
+    monkeypatch.setattr(engine_module, "matrix_probe", lambda: (seen.append(threading.current_thread()), probe())[1])
     build = e._build
     e._build = lambda spec, device: (seen.append(threading.current_thread()), build(spec, device))[1]
     e.load()
@@ -641,7 +644,9 @@ def test_loads_and_runs_share_one_compute_thread():
     asker = threading.Thread(target=e.load, args=("nano",))  # a load asked for from another thread
     asker.start()
     asker.join()
-    assert len(seen) == 4 and len(set(seen)) == 1 and seen[0] not in (threading.current_thread(), asker)
+    # 2 builds, 2 runs, and the speed probe before and after each run
+    assert len(seen) >= 6 and len(set(seen)) == 1 and seen[0] not in (threading.current_thread(), asker)
+    assert e.speed.probe() > 0  # the probe still measures, asked for from here
     with pytest.raises(ZeroDivisionError):
         e.compute.call(lambda: 1 / 0)
     assert e.compute.call(lambda: e.compute.call(lambda: 7)) == 7
