@@ -37,16 +37,25 @@ class ComputeThread:
 
     def __init__(self, name: str = "iris-compute"):
         self._jobs: queue.Queue[tuple[Any, tuple, dict, queue.Queue]] = queue.Queue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
+        self._working = False
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
             fn, args, kwargs, reply = self._jobs.get()
+            self._working = True
             try:
                 reply.put((True, fn(*args, **kwargs)))
             except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
                 reply.put((False, err))
+            finally:
+                self._working = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running or queued (a hint: it can change as soon as it is read)."""
+        return not self._working and self._jobs.empty()
 
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> queue.Queue:
         """Queue fn(*args, **kwargs); returns the queue its (ok, value or exception) pair arrives on."""
@@ -56,7 +65,7 @@ class ComputeThread:
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs) on the compute thread, waited for (directly when called from it)."""
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self.thread:
             return fn(*args, **kwargs)
         ok, value = self.submit(fn, *args, **kwargs).get()
         if not ok:
@@ -120,9 +129,15 @@ class Engine:
         self._active: set[threading.Event] = set()
         self._background: set[threading.Event] = set()  # warm-up runs, stopped by any user run
         self.compute = ComputeThread()
-        # measured speed by work size, scaled by the machine's load now; the load probe's torch GEMM runs on the
-        # compute thread too (between runs: while one runs, estimates reuse the last probe)
-        self.speed = SpeedMemory(lambda: self.compute.call(matrix_probe))
+        self.speed = SpeedMemory(self._probe)  # measured speed by work size, scaled by the machine's load now
+
+    def _probe(self) -> float:
+        """The speed probe's torch GEMM, on the compute thread; while that thread is busy (a model loading, a
+        run finishing) the last reading instead, if there is one, rather than waiting for it."""
+        last = self.speed.last_load()
+        if last is not None and not self.compute.idle and threading.current_thread() is not self.compute.thread:
+            return last
+        return self.compute.call(matrix_probe)
 
     # ------------------------------------------------------------------------------------------ models
     def _build(self, spec: str, device: str) -> tuple[Any, str | None]:

@@ -644,9 +644,9 @@ def test_loads_and_runs_share_one_compute_thread(monkeypatch):
     asker = threading.Thread(target=e.load, args=("nano",))  # a load asked for from another thread
     asker.start()
     asker.join()
-    # 2 builds, 2 runs, and the speed probe before and after each run
-    assert len(seen) >= 6 and len(set(seen)) == 1 and seen[0] not in (threading.current_thread(), asker)
-    assert e.speed.probe() > 0  # the probe still measures, asked for from here
+    # 2 builds, 2 runs and at least the first speed probe (later ones may reuse its reading)
+    assert len(seen) >= 5 and len(set(seen)) == 1 and seen[0] not in (threading.current_thread(), asker)
+    assert e.speed.probe() > 0 and seen[-1] is seen[0]  # asked for from here with the thread idle: it measures there
     with pytest.raises(ZeroDivisionError):
         e.compute.call(lambda: 1 / 0)
     assert e.compute.call(lambda: e.compute.call(lambda: 7)) == 7
