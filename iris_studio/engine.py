@@ -31,7 +31,7 @@ class ComputeThread:
     Torch's CPU kernels run on OpenMP, whose workers spin between parallel regions only while the process owns
     no more OpenMP threads than cores: each thread that has run a parallel region keeps a pool of its own while
     it lives, and one more pool (a long-lived UI thread's, after the speed probe ran there) makes every region's
-    workers sleep and wake instead: the demo model's runs took about 1.5x as long on two cores. One thread for
+    workers sleep and wake instead: the demo model's studio runs took about 1.8x as long on two cores. One thread for
     all of it (loads, runs, the warm-up, the speed probe) keeps one pool.
     """
 
@@ -118,9 +118,10 @@ def is_variant(spec: str) -> bool:
 class Engine:
     """Holds one IrisPipeline; runs tasks one at a time on its compute thread with live previews."""
 
-    def __init__(self, model: str | None = DEMO, device: str = "cpu"):
+    def __init__(self, model: str | None = DEMO, device: str = "cpu", compile: bool = False):
         self.spec = model or DEMO
         self.device = device
+        self.compile = compile  # torch.compile every model loaded (`IrisPipeline.compile`)
         self.notice: str | None = None  # shown as a banner (random weights, fallback after a failed load)
         self._pipe: Any = None
         self._info: ModelInfo | None = None
@@ -176,6 +177,8 @@ class Engine:
         spec = (spec if spec is not None else self.spec) or DEMO
         device = device or self.device
         pipe, notice = self.compute.call(self._build, spec, device)
+        if self.compile:
+            pipe.compile()  # lazy: the first run at each size compiles (the warm-up's, at the default size)
         with self._run_lock:
             self._pipe, self.spec, self.device, self.notice = pipe, spec, device, notice
             self._info = self._describe(pipe)
@@ -239,8 +242,10 @@ class Engine:
     def warmup(self) -> None:
         """Two tiny runs: the first so the user's first run does not pay for lazy initialisation (it would
         pay it anyway, so it is not interrupted), the second to measure speed for the time estimate (any user
-        run stops it)."""
-        kwargs = {"prompt": "", "steps": 1, "iterations": 2, "seed": 0, "guidance": self.info.defaults["guidance"]}
+        run stops it). With `compile` the first run takes two steps, so that it compiles the core for both
+        batch sizes a run at the default size uses (a guided step runs two images, an unguided one one)."""
+        kwargs = {"prompt": "", "steps": 2 if self.compile else 1, "iterations": 2, "seed": 0,
+                  "guidance": self.info.defaults["guidance"]}
         try:
             for record in (False, True):
                 updates = list(

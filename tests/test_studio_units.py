@@ -620,6 +620,29 @@ def test_saved_pngs_get_the_umask_permissions(tmp_path):
     assert (tmp_path / "index.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
 
 
+def test_compile_flag_compiles_every_model_the_engine_loads():
+    """`iris-studio --compile` reaches the engine, which compiles each model it loads (a model switch too); the
+    warm-up then takes two steps so that its run compiles the guided batch as well. Compiling itself is lazy, so
+    nothing here waits for it."""
+    from iris_studio.cli import build_parser
+    from iris_studio.engine import Engine
+
+    assert build_parser().parse_args(["--compile"]).compile and not build_parser().parse_args([]).compile
+    compiled = lambda e: hasattr(e.pipe.generator.core_stack, "_torchdynamo_orig_callable")  # noqa: E731
+    e = Engine("nano", compile=True)
+    e.load()
+    assert compiled(e)
+    e.load("tiny")
+    assert compiled(e) and e.info.name.endswith("tiny")
+    plain = Engine("nano")
+    assert not compiled(plain)
+    for engine, steps in ((e, 2), (plain, 1)):
+        asked = []
+        engine.run = lambda task, kwargs, _asked=asked, **kw: _asked.append(kwargs) or iter(())  # ends the warm-up
+        engine.warmup()
+        assert [k["steps"] for k in asked] == [steps]
+
+
 def test_loads_and_runs_share_one_compute_thread(monkeypatch):
     """Every torch call of the studio runs on the engine's one compute thread (an OpenMP pool in a second thread
     made each run about 1.5x slower): loads, runs and the speed probe alike, whichever thread asks; its errors
