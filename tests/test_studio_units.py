@@ -645,7 +645,7 @@ def test_compile_flag_compiles_every_model_the_engine_loads():
 
 def test_loads_and_runs_share_one_compute_thread(monkeypatch):
     """Every torch call of the studio runs on the engine's one compute thread (an OpenMP pool in a second thread
-    made each run about 1.5x slower): loads, runs and the speed probe alike, whichever thread asks; its errors
+    made each run about 1.8x slower): loads, runs and the speed probe alike, whichever thread asks; its errors
     reach the caller, and a call made from the compute thread itself runs at once instead of waiting for itself."""
     import threading
 
