@@ -19,14 +19,14 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from iris.bench import iris_forward
 from iris.config import variant_config
 from iris.models.grfm import AFNO2D, GRFM, RGLRU, ManhattanAttention
-from iris.models.reference import PLAIN_FORMS, plain_forms
+from iris.models.reference import PLAIN_FORMS, baseline, plain_forms
 
 # what each entry of iris.models.reference.PLAIN_FORMS replaces, as "plain form -> optimised form"
 PLAIN_FORM_NAMES = {
@@ -40,6 +40,7 @@ PLAIN_FORM_NAMES = {
     "projection": "3 input linears -> one fused linear; merge in 3 ops",
     "attention": "decomposed Manhattan attention on 5-D tensors -> 4-D batches of rows and columns",
     "adaln": "adaLN modulate and gate in 3 ops each -> 1 addcmul each, table pre-broadcast",
+    "native": "torch ops -> fused C kernels (recurrent conv, RG-LRU + output gate, norm + modulate, merge)",
 }
 
 
@@ -99,15 +100,15 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
     mods = lambda cls: [m for m in gen.modules() if isinstance(m, cls)]
     rows = []
 
-    def measure(name: str, before: str, after: str, ctx_before, ctx_after=None) -> None:
+    def measure(name: str, before: str, after: str, ctx_before, ctx_after=None, around=nullcontext) -> None:
         def with_ctx(ctx):
             def fn():
-                with ctx():
+                with around(), ctx():
                     return run()
             return fn
 
         fa = with_ctx(ctx_before)
-        fb = with_ctx(ctx_after) if ctx_after is not None else run
+        fb = with_ctx(ctx_after if ctx_after is not None else nullcontext)
         ta, tb, oa, ob, ratio = _interleaved(fa, fb, repeats)
         rows.append({"variant": variant, "px": px, "optimisation": name, "before": before, "after": after,
                      "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ratio,
@@ -156,11 +157,11 @@ def rows_for(variant: str, px: int, repeats: int, compile_: bool) -> list[dict]:
     # 4. the scan: data-dependent chunks in a loop against static blocks
     lrus = [m.recurrent.lru for m in mods(GRFM)]
     measure("scan form", "cumsum", "blocked", lambda: _setting(lrus, "method", "cumsum"),
-            lambda: _setting(lrus, "method", "blocked"))
+            lambda: _setting(lrus, "method", "blocked"), around=lambda: plain_forms("native"))  # (torch's scans)
 
     # the optimised paths of iris.models.reference, each against its plain form, then all at once
     for name, what in PLAIN_FORM_NAMES.items():
-        measure(name, "plain", what, lambda name=name: plain_forms(name))
+        measure(name, "plain", what, lambda name=name: plain_forms(name), around=lambda name=name: baseline(name))
     measure("all of the above", "plain", "optimised", plain_forms)
 
     # 5. threads
@@ -222,10 +223,14 @@ def demo_rows(budgets: list[tuple[int, int, float]], repeats: int, only: tuple[s
 
         for name in [n for n in (*PLAIN_FORMS, "all") if n in only]:
             def plain(name=name):
-                with plain_forms(*(() if name == "all" else (name,))):
+                with baseline(name), plain_forms(*(() if name == "all" else (name,))):
                     return run()
 
-            ta, tb, oa, ob, ratio = _interleaved(plain, run, repeats)
+            def shipped(name=name):
+                with baseline(name):
+                    return run()
+
+            ta, tb, oa, ob, ratio = _interleaved(plain, shipped, repeats)
             rows.append({"variant": "demo", "px": f"{steps} × {iterations}, g {guidance:g}", "optimisation": name,
                          "before": "plain", "after": PLAIN_FORM_NAMES.get(name, "all optimised"),
                          "before_ms": ta * 1e3, "after_ms": tb * 1e3, "speedup": ratio,
@@ -236,12 +241,16 @@ def demo_rows(budgets: list[tuple[int, int, float]], repeats: int, only: tuple[s
         lrus = [m for m in pipe.generator.modules() if isinstance(m, RGLRU)]
 
         def short_chunks(lrus=lrus, run=run):
-            with _setting(lrus, "chunk", 16):
+            with plain_forms("native"), _setting(lrus, "chunk", 16):  # (the chunks of torch's scan)
+                return run()
+
+        def model_chunks(run=run):
+            with plain_forms("native"):
                 return run()
 
         if "chunk" not in only:
             continue
-        ta, tb, oa, ob, ratio = _interleaved(short_chunks, run, repeats)
+        ta, tb, oa, ob, ratio = _interleaved(short_chunks, model_chunks, repeats)
         rows.append({"variant": "demo", "px": f"{steps} × {iterations}, g {guidance:g}", "optimisation": "scan chunk",
                      "before": "16 tokens", "after": f"{lrus[0].chunk} tokens", "before_ms": ta * 1e3,
                      "after_ms": tb * 1e3, "speedup": ratio, "max_abs_diff": float((oa - ob).abs().max())})

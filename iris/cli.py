@@ -151,6 +151,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           + f": {cost.nfe} NFE, {cost.core_iterations} core passes")
     if cfg.adapters:
         print(f"adapters    {', '.join(cfg.adapters)}")
+    from .models import native
+
+    print(f"cpu         {native.status()}")
     return 0
 
 

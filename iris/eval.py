@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -288,13 +287,10 @@ def classifier_accuracy(model: EmojiClassifier, n: int = 500, seed: int = 12345,
 
 # --------------------------------------------------------------------------------------- save / load
 def default_cache_path() -> Path:
-    """`$IRIS_CACHE_DIR/eval/emoji_classifier.safetensors`, else under platformdirs' user cache dir."""
-    root = os.environ.get("IRIS_CACHE_DIR")
-    if not root:
-        import platformdirs
+    """`eval/emoji_classifier.safetensors` under the cache folder (`iris.files.cache_root`)."""
+    from .files import cache_root
 
-        root = platformdirs.user_cache_dir("iris")
-    return Path(root) / "eval" / "emoji_classifier.safetensors"
+    return cache_root() / "eval" / "emoji_classifier.safetensors"
 
 
 def save_classifier(model: EmojiClassifier, path: str | Path) -> Path:

@@ -60,3 +60,14 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """The folder for files the engine can rebuild (the evaluator's weights, compiled kernels):
+    `$IRIS_CACHE_DIR`, else platformdirs' user cache folder for "iris"."""
+    root = os.environ.get("IRIS_CACHE_DIR")
+    if not root:
+        import platformdirs
+
+        root = platformdirs.user_cache_dir("iris")
+    return Path(root)

@@ -219,6 +219,7 @@ def test_info_small_reports_about_47m_generator_params(cli):
     match = re.search(r"params\s+generator\s+([\d.]+)M", proc.stdout)
     assert match, proc.stdout
     assert abs(float(match.group(1)) - 47.0) <= 4.7, proc.stdout
+    assert re.search(r"^cpu\s+native kernels (on|off)", proc.stdout, re.M), proc.stdout  # and why, when off
 
 
 # ----------------------------------------------------------------------------------------------- faults

@@ -8,7 +8,7 @@ import torch
 from conftest import perturb, tiny_config
 
 from iris.models.generator import IrisGenerator, TextCondition
-from iris.models.reference import PLAIN_FORMS, plain_forms
+from iris.models.reference import PLAIN_FORMS, baseline, plain_forms
 
 
 def _inputs(cfg, h: int, w: int, batch: int = 2, seed: int = 0):
@@ -44,7 +44,7 @@ def _velocity(gen: IrisGenerator, inputs, iterations: int = 3) -> torch.Tensor:
 def test_each_optimised_path_equals_its_plain_form(hw, exact_max, name):
     gen = _generator(manhattan_exact_max_tokens=exact_max)
     inputs = _inputs(gen.config, *hw)
-    with torch.no_grad():
+    with torch.no_grad(), baseline(name):
         fast = _velocity(gen, inputs)
         with plain_forms(*(() if name == "all" else (name,))):
             plain = _velocity(gen, inputs)
@@ -64,7 +64,7 @@ def test_plain_forms_really_swap_the_code():
             _calls.append(1)
             return _plain(*args, **kwargs)
 
-        with plain_forms(name):
+        with baseline(name), plain_forms(name):
             setattr(owner, attr, counted)
             with torch.no_grad():
                 _velocity(gen, inputs, iterations=1)
@@ -90,8 +90,8 @@ def test_gradients_through_the_optimised_paths_equal_the_plain_forms():
 
 
 def test_inference_caches_follow_weight_changes():
-    """The fused projection, AFNO's real weights and the RG-LRU's decay rate are cached at inference; changing a
-    weight in place (a fine-tune step, load_state_dict) must rebuild them."""
+    """The fused projection, AFNO's real weights, the conv's taps and the RG-LRU's decay rate are cached at
+    inference; changing a weight in place (a fine-tune step, load_state_dict) must rebuild them."""
     gen = _generator()
     inputs = _inputs(gen.config, 4, 4)
     with torch.no_grad():
@@ -99,6 +99,7 @@ def test_inference_caches_follow_weight_changes():
         gen.core[0].mixer.gate.weight.add_(0.5)
         gen.core[0].mixer.fourier.w1.mul_(2.0)
         gen.core[1].mixer.recurrent.lru.a_param.sub_(1.0)
+        gen.core[1].mixer.recurrent.conv.weight.mul_(1.5)
         after = _velocity(gen, inputs)
         with plain_forms():
             plain = _velocity(gen, inputs)

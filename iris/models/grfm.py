@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GeneratorConfig
+from . import native
 from .layers import gelu_tanh
 from .scan import LOG2E, chunked_linear_scan
 
@@ -258,6 +259,7 @@ class RecurrentBlock(nn.Module):
         self.conv = nn.Conv1d(width, width, conv_width, groups=width, padding=conv_width - 1)
         self.lru = RGLRU(width, c, chunk, method)
         self.out_proj = nn.Linear(width, dim)
+        self._taps = _InferenceCache()
 
     def causal_conv(self, r: torch.Tensor) -> torch.Tensor:
         """The depthwise causal conv1d on [B, N, W] in that layout: sum_k weight[k] * r[t - K + 1 + k] + bias."""
@@ -271,18 +273,36 @@ class RecurrentBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mix(self.in_proj(x))
 
+    def conv_taps(self) -> torch.Tensor:
+        """The conv's weights as [K, W] (tap k weighs the token K - 1 - k places back); cached at inference."""
+        build = lambda: self.conv.weight[:, 0].t().contiguous()
+        return self._taps.get((self.conv.weight.data_ptr(), self.conv.weight._version), build)
+
     def mix(self, projected: torch.Tensor) -> torch.Tensor:
         """Everything after `in_proj`: its output [B, h, w, 2 W] (row-major grid) -> [B, h, w, D]."""
         b, h, w, _ = projected.shape
+        if native.usable(projected):
+            return self._mix_native(projected)
         if self.column_major:
             projected = projected.transpose(1, 2)
         y, r = projected.reshape(b, h * w, -1).chunk(2, dim=-1)
         r = torch.cat([r, r.flip(1)], dim=0)  # forward and reversed scans as one batch
         r = self.lru(self.causal_conv(r))
         r = 0.5 * (r[:b] + r[b:].flip(1))
-        out = self.out_proj(gelu_tanh(y) * r)
-        out = out.view(b, *projected.shape[1:3], -1)
-        return out.transpose(1, 2) if self.column_major else out
+        return self._grid(self.out_proj(gelu_tanh(y) * r), b, h, w)
+
+    def _mix_native(self, projected: torch.Tensor) -> torch.Tensor:
+        """`mix` through the fused kernels: conv, gates, scan and output gate in three calls."""
+        width = projected.shape[-1] // 2
+        y, r = projected[..., :width], projected[..., width:]
+        x = native.recurrent_conv(r, self.column_major, self.conv_taps(), self.conv.bias)  # [2B, N, W]
+        return self.out_proj(native.lru_bidirectional(self.lru.gates(x), x, self.lru.log_rate(), y, self.column_major))
+
+    def _grid(self, tokens: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """Tokens in scan order [B, N, D] -> the row-major grid [B, h, w, D]."""
+        if self.column_major:
+            return tokens.view(b, w, h, -1).transpose(1, 2)
+        return tokens.view(b, h, w, -1)
 
 
 # ---------------------------------------------------------------------------------------------- Spatial
@@ -384,7 +404,8 @@ class GRFM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias, sizes = self.projection()
         gate, recurrent_in, qkv = F.linear(x, weight, bias).split(sizes, dim=-1)
-        r = self.recurrent.mix(recurrent_in)
+        r, f, s = self.recurrent.mix(recurrent_in), self.fourier(x), self.spatial.attend(qkv)
         # g * fourier + (1 - g) * recurrent + alpha * spatial
-        mixed = torch.addcmul(r, torch.sigmoid(gate), self.fourier(x) - r)
-        return self.out(torch.addcmul(mixed, self.spatial.attend(qkv), self.alpha))
+        if r.is_contiguous() and f.is_contiguous() and s.is_contiguous() and native.usable(gate, r, f, s, self.alpha):
+            return self.out(native.gated_merge(gate, f, r, s, self.alpha))
+        return self.out(torch.addcmul(torch.addcmul(r, torch.sigmoid(gate), f - r), s, self.alpha))

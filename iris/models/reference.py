@@ -2,7 +2,8 @@
 
 Tests check that the optimised modules equal these within fp32 round-off, and
 `benchmarks/optimisations.py` times each optimisation against its plain form in one process. Each entry of
-`PLAIN_FORMS` swaps one method of one class; `plain_forms(*names)` applies some of them for a `with` block.
+`PLAIN_FORMS` swaps one method of one class; `plain_forms(*names)` applies some of them for a `with` block, and
+`baseline(name)` is the context the comparison runs in.
 
     with plain_forms("afno", "scan"):
         v_plain = generator(z, t, text, iterations=8)
@@ -11,12 +12,12 @@ Tests check that the optimised modules equal these within fp32 round-off, and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from . import generator, grfm, layers, scan
+from . import generator, grfm, layers, native, scan
 
 
 def afno_forward(self: grfm.AFNO2D, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,16 @@ PLAIN_FORMS: dict[str, list[tuple[object, str, Callable]]] = {
     # generator.py imported modulate and add_gated by name, so both names are swapped
     "adaln": [(generator.CoreLayer, "forward", core_layer_forward), (generator, "modulate", modulate),
               (generator, "add_gated", add_gated)],
+    # the fused C kernels: the recurrent block's conv-gates-scan-gate chain and the core's norm + modulate
+    "native": [(native, "usable", lambda *tensors: False)],
 }
+
+
+def baseline(name: str) -> AbstractContextManager:
+    """Where the plain form `name` is compared with the shipped code. The C kernels ("native") replace several
+    torch paths at inference on the CPU, so those paths (which run wherever the kernels do not: no compiler,
+    training, compiled or exported graphs) are compared with the kernels off; "native" and "all" as shipped."""
+    return plain_forms("native") if name not in ("native", "all") else nullcontext()
 
 
 @contextmanager
@@ -169,4 +179,4 @@ def plain_forms(*names: str) -> Iterator[None]:
             setattr(owner, attr, value)
 
 
-__all__ = ["PLAIN_FORMS", "plain_forms"]
+__all__ = ["PLAIN_FORMS", "baseline", "plain_forms"]
