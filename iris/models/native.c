@@ -1,12 +1,21 @@
-/* Fused CPU kernels for the generator's inference: float32, one thread, no allocation but stack rows.
+/* Fused CPU kernels for the generator's inference: float32, no allocation but stack rows.
  *
  * Each kernel replaces a chain of small torch ops whose tensors are too small for torch to spread over
  * threads, so that eager mode pays a dispatch and a pass over memory per op. `iris/models/native.py` compiles
  * this file with the system C compiler, checks every kernel against the torch code it replaces, and falls
  * back to torch when either step fails. Strides are in elements; the channel axis is always contiguous.
+ *
+ * Built with OpenMP, a kernel splits its rows over `threads` threads when it has enough work (PARALLEL_MIN_*).
+ * Loaded into a torch process it shares torch's OpenMP runtime (the same libgomp.so.1), so its threads are
+ * torch's own, still spinning from the op before. Built without, it runs on the calling thread.
  */
 #include <math.h>
 #include <stdint.h>
+
+/* elements below which one thread beats waking others: the recurrence costs about 20 flops per element, the
+ * other kernels a few */
+#define PARALLEL_MIN_HEAVY 8192
+#define PARALLEL_MIN_LIGHT 65536
 
 /* exp(x): range reduction to 2^k e^r, |r| <= ln2 / 2, and a degree-7 polynomial (relative error < 1e-7).
  * Written so that the compiler vectorises the loops that call it (no libm call). */
@@ -26,9 +35,9 @@ static inline float exp_f(float x) {
     return p * scale.f;
 }
 
-/* e^x - 1 without the cancellation of exp_f(x) - 1 near 0: a Taylor polynomial for |x| < 1/2 (truncation
- * below 1e-8 relative), exp_f(x) - 1 beyond. */
-static inline float expm1_f(float x) {
+/* 1 - e^x for x <= 0, given a = e^x: a Taylor polynomial of -expm1(x) for x > -1/2 (truncation below 1e-8
+ * relative), where 1 - a * a would cancel; 1 - a beyond. */
+static inline float one_minus_exp_f(float x, float a) {
     float p = 1.0f / 40320.0f;
     p = p * x + 1.0f / 5040.0f;
     p = p * x + 1.0f / 720.0f;
@@ -36,8 +45,8 @@ static inline float expm1_f(float x) {
     p = p * x + 1.0f / 24.0f;
     p = p * x + 1.0f / 6.0f;
     p = p * x + 0.5f;
-    const float near = x + x * x * p, far = exp_f(x) - 1.0f;
-    return (x > -0.5f && x < 0.5f) ? near : far;
+    const float near = -(x + x * x * p), far = 1.0f - a;
+    return x > -0.5f ? near : far;
 }
 
 static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
@@ -61,11 +70,12 @@ static inline int64_t token_offset(int64_t t, int64_t h, int64_t w, int column_m
  */
 void iris_recurrent_conv(const float *r, int64_t B, int64_t h, int64_t w, int64_t sb, int64_t sh, int64_t sw,
                          int column_major, const float *taps, const float *bias, int64_t K, int64_t W,
-                         float *out) {
+                         float *out, int threads) {
     const int64_t N = h * w;
-    for (int64_t b = 0; b < B; b++) {
-        const float *rb = r + b * sb;
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1 && 2 * B * N * W >= PARALLEL_MIN_LIGHT)
+    for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < N; t++) {
+            const float *rb = r + b * sb;
             float *restrict fwd = out + (b * N + t) * W;
             float *restrict rev = out + ((B + b) * N + t) * W;
             for (int64_t d = 0; d < W; d++) fwd[d] = rev[d] = bias[d];
@@ -79,17 +89,16 @@ void iris_recurrent_conv(const float *r, int64_t B, int64_t h, int64_t w, int64_
                 }
             }
         }
-    }
 }
 
-/* One RG-LRU step over W channels: h = a h + sqrt(1 - a^2) (sigmoid(gx) x), log a = sigmoid(ga) log_rate.
- * 1 - a^2 is -expm1(2 log a): a gate near zero leaves a within an ulp or two of 1, where 1 - a * a would keep
- * only a few correct bits. */
+/* One RG-LRU step over n channels: h = a h + sqrt(1 - a^2) (sigmoid(gx) x), log a = sigmoid(ga) log_rate.
+ * 1 - a^2 comes from a polynomial in log a near a = 1 (a gate near zero), where 1 - a * a would keep only a
+ * few correct bits. */
 static void lru_step(const float *restrict ga, const float *restrict gx, const float *restrict x,
-                     const float *restrict log_rate, float *restrict state, int64_t W) {
-    for (int64_t d = 0; d < W; d++) {
+                     const float *restrict log_rate, float *restrict state, int64_t n) {
+    for (int64_t d = 0; d < n; d++) {
         const float log_a = sigmoid_f(ga[d]) * log_rate[d];
-        const float a = exp_f(log_a), rest = -expm1_f(2.0f * log_a);
+        const float a = exp_f(log_a), rest = one_minus_exp_f(2.0f * log_a, a * a);
         const float mult = sqrtf(rest > 1e-12f ? rest : 1e-12f);
         state[d] = a * state[d] + mult * (sigmoid_f(gx[d]) * x[d]);
     }
@@ -102,34 +111,44 @@ static void lru_step(const float *restrict ga, const float *restrict gx, const f
  *   y         [B, h, w, W] at strides (sb, sh, sw, 1): the block's gate branch
  *   out       [B, h, w, W] contiguous (row-major, whatever the scan order): at the cell of token t,
  *             gelu_tanh(y_t) (h_t of the forward scan + h_(N-1-t) of the reversed one) / 2
+ * Each task is one image's block of channels (the recurrence is independent across channels): both scans,
+ * then the gate. Blocks are as wide as the threads allow (long channel loops run fastest): one per image, or
+ * the channels split when there are fewer images than threads.
  */
 void iris_lru_bidirectional(const float *gates, const float *x, const float *log_rate, const float *y,
                             int64_t B, int64_t h, int64_t w, int64_t sb, int64_t sh, int64_t sw, int column_major,
-                            int64_t W, float *out) {
+                            int64_t W, float *out, int threads) {
     const int64_t N = h * w;
-    float state[W];
-    for (int64_t b = 0; b < B; b++) {
-        for (int pass = 0; pass < 2; pass++) {
-            const int64_t m = pass ? B + b : b;
-            for (int64_t d = 0; d < W; d++) state[d] = 0.0f;
-            for (int64_t t = 0; t < N; t++) {
-                const float *g = gates + (m * N + t) * 2 * W;
-                lru_step(g, g + W, x + (m * N + t) * W, log_rate, state, W);
-                const int64_t cell = token_offset(pass ? N - 1 - t : t, h, w, column_major, w, 1);
-                float *restrict o = out + (b * N + cell) * W;
-                if (pass)
-                    for (int64_t d = 0; d < W; d++) o[d] = 0.5f * (o[d] + state[d]);
-                else
-                    for (int64_t d = 0; d < W; d++) o[d] = state[d];
+    const int parallel = threads > 1 && 2 * B * N * W >= PARALLEL_MIN_HEAVY;
+    const int64_t per_image = parallel && B < threads ? (threads + B - 1) / B : 1;
+    const int64_t width = ((W + per_image - 1) / per_image + 7) / 8 * 8; /* whole vectors */
+    const int64_t blocks = (W + width - 1) / width;
+#pragma omp parallel for collapse(2) num_threads(threads) if (parallel)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            const int64_t d0 = blk * width, n = W - d0 < width ? W - d0 : width;
+            float state[width];
+            for (int pass = 0; pass < 2; pass++) {
+                const int64_t m = pass ? B + b : b;
+                for (int64_t d = 0; d < n; d++) state[d] = 0.0f;
+                for (int64_t t = 0; t < N; t++) {
+                    const float *g = gates + (m * N + t) * 2 * W + d0;
+                    lru_step(g, g + W, x + (m * N + t) * W + d0, log_rate + d0, state, n);
+                    const int64_t cell = token_offset(pass ? N - 1 - t : t, h, w, column_major, w, 1);
+                    float *restrict o = out + (b * N + cell) * W + d0;
+                    if (pass)
+                        for (int64_t d = 0; d < n; d++) o[d] = 0.5f * (o[d] + state[d]);
+                    else
+                        for (int64_t d = 0; d < n; d++) o[d] = state[d];
+                }
             }
+            for (int64_t i = 0; i < h; i++)
+                for (int64_t j = 0; j < w; j++) {
+                    const float *restrict yt = y + b * sb + i * sh + j * sw + d0;
+                    float *restrict o = out + ((b * h + i) * w + j) * W + d0;
+                    for (int64_t d = 0; d < n; d++) o[d] *= gelu_tanh_f(yt[d]);
+                }
         }
-        for (int64_t i = 0; i < h; i++)
-            for (int64_t j = 0; j < w; j++) {
-                const float *restrict yt = y + b * sb + i * sh + j * sw;
-                float *restrict o = out + ((b * h + i) * w + j) * W;
-                for (int64_t d = 0; d < W; d++) o[d] *= gelu_tanh_f(yt[d]);
-            }
-    }
 }
 
 /* RMS norm, then adaLN modulation: out = shift + x / sqrt(mean(x^2) + eps) * scale.
@@ -138,11 +157,12 @@ void iris_lru_bidirectional(const float *gates, const float *x, const float *log
  *   out    [B, N, D] contiguous
  */
 void iris_rms_modulate(const float *x, int64_t B, int64_t N, int64_t D, const float *shift, const float *scale,
-                       int64_t s_mod, float eps, float *out) {
-    for (int64_t b = 0; b < B; b++) {
-        const float *restrict sh = shift + b * s_mod;
-        const float *restrict sc = scale + b * s_mod;
+                       int64_t s_mod, float eps, float *out, int threads) {
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1 && B * N * D >= PARALLEL_MIN_LIGHT)
+    for (int64_t b = 0; b < B; b++)
         for (int64_t n = 0; n < N; n++) {
+            const float *restrict sh = shift + b * s_mod;
+            const float *restrict sc = scale + b * s_mod;
             const float *restrict xr = x + (b * N + n) * D;
             float *restrict o = out + (b * N + n) * D;
             float part[8] = {0.0f}, sum = 0.0f; /* eight partial sums: a vectorisable reduction */
@@ -154,7 +174,6 @@ void iris_rms_modulate(const float *x, int64_t B, int64_t N, int64_t D, const fl
             const float inv = 1.0f / sqrtf(sum / (float)D + eps);
             for (d = 0; d < D; d++) o[d] = sh[d] + (xr[d] * inv) * sc[d];
         }
-    }
 }
 
 /* The GRFM's merge of its three pathways: out = r + sigmoid(g) (f - r) + alpha s.
@@ -163,7 +182,9 @@ void iris_rms_modulate(const float *x, int64_t B, int64_t N, int64_t D, const fl
  *   alpha    [D];  out [B, h, w, D] contiguous
  */
 void iris_gated_merge(const float *gate, int64_t B, int64_t h, int64_t w, int64_t sb, int64_t sh, int64_t sw,
-                      const float *f, const float *r, const float *s, const float *alpha, int64_t D, float *out) {
+                      const float *f, const float *r, const float *s, const float *alpha, int64_t D, float *out,
+                      int threads) {
+#pragma omp parallel for collapse(3) num_threads(threads) if (threads > 1 && B * h * w * D >= PARALLEL_MIN_LIGHT)
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < h; i++)
             for (int64_t j = 0; j < w; j++) {

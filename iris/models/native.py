@@ -24,7 +24,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
+         "-shared", "-fPIC")
+# tried first: with OpenMP, which shares torch's runtime (the library needs libgomp.so.1, already loaded by torch);
+# without it (a compiler with no OpenMP) the kernels run on one thread
+VARIANTS = (("-fopenmp",), ())
 BUILD_TIMEOUT_S = 120.0
 TOLERANCE = 1e-5  # largest difference from the torch code, relative to the output's scale, the check accepts
 
@@ -35,10 +39,10 @@ _loaded = False
 
 _P, _I, _C, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "iris_recurrent_conv": [_P, _I, _I, _I, _I, _I, _I, _C, _P, _P, _I, _I, _P],
-    "iris_lru_bidirectional": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _C, _I, _P],
-    "iris_rms_modulate": [_P, _I, _I, _I, _P, _P, _I, _F, _P],
-    "iris_gated_merge": [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P],
+    "iris_recurrent_conv": [_P, _I, _I, _I, _I, _I, _I, _C, _P, _P, _I, _I, _P, _C],
+    "iris_lru_bidirectional": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _C, _I, _P, _C],
+    "iris_rms_modulate": [_P, _I, _I, _I, _P, _P, _I, _F, _P, _C],
+    "iris_gated_merge": [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P, _C],
 }
 
 
@@ -83,40 +87,42 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     cc = compiler()
     if cc is None:
         return None, "native kernels off: no C compiler (cc, gcc, clang or $CC) found; torch ops instead"
-    path = library_path(cc)
-    lib = None
-    for attempt in range(2):  # a cached library that does not load (damaged, truncated) is built again
-        try:
-            if attempt or not path.is_file():
-                _build(cc, path)
-            lib = _open(path)
-            break
-        except (OSError, AttributeError, subprocess.SubprocessError) as err:
-            if attempt:
-                return None, f"native kernels off: {err}; torch ops instead"
-    wrong = _self_check(lib)
-    if wrong:
-        return None, f"native kernels off: {wrong} disagrees with torch; torch ops instead"
-    return lib, f"native kernels on ({path})"
+    failures = []
+    for extra in VARIANTS:
+        path = library_path(cc, extra)
+        for attempt in range(2):  # a cached library that does not load (damaged, truncated) is built again
+            try:
+                if attempt or not path.is_file():
+                    _build(cc, path, extra)
+                lib = _open(path)
+            except (OSError, AttributeError, subprocess.SubprocessError) as err:
+                failures.append(str(err))
+                continue
+            wrong = _self_check(lib)
+            if wrong:
+                return None, f"native kernels off: {wrong} disagrees with torch; torch ops instead"
+            threads = "OpenMP threads" if extra else "one thread"
+            return lib, f"native kernels on, {threads} ({path})"
+    return None, f"native kernels off: {failures[-1]}; torch ops instead"
 
 
-def library_path(cc: str) -> Path:
-    """Where the library built by `cc` from this source for this CPU is cached."""
+def library_path(cc: str, extra: tuple[str, ...] = VARIANTS[0]) -> Path:
+    """Where the library built by `cc` with `FLAGS + extra` from this source for this CPU is cached."""
     from ..files import cache_root
 
-    parts = [SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode()]
+    parts = [SOURCE.read_bytes(), " ".join(FLAGS + extra).encode(), cc.encode(), _cpu_signature().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     return cache_root() / "native" / f"iris-kernels-{key}.so"
 
 
-def _build(cc: str, path: Path) -> None:
+def _build(cc: str, path: Path, extra: tuple[str, ...]) -> None:
     """Compile `SOURCE` into the shared library `path` (written atomically); OSError with the compiler's last line."""
     from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-                                  timeout=BUILD_TIMEOUT_S)
+            done = subprocess.run([cc, *FLAGS, *extra, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True,
+                                  text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise OSError(f"building them with {Path(cc).name} took over {BUILD_TIMEOUT_S:.0f} s") from None
         if done.returncode != 0:
@@ -160,7 +166,7 @@ def recurrent_conv(r: torch.Tensor, column_major: bool, taps: torch.Tensor, bias
     taps, bias = taps.contiguous(), bias.contiguous()
     out = torch.empty(2 * b, h * w, width)
     lib.iris_recurrent_conv(r.data_ptr(), b, h, w, *_grid_strides(r), int(column_major), taps.data_ptr(),
-                            bias.data_ptr(), taps.shape[0], width, out.data_ptr())
+                            bias.data_ptr(), taps.shape[0], width, out.data_ptr(), torch.get_num_threads())
     return out
 
 
@@ -176,7 +182,7 @@ def lru_bidirectional(gates: torch.Tensor, x: torch.Tensor, log_rate: torch.Tens
     gates, x, log_rate = gates.contiguous(), x.contiguous(), log_rate.contiguous()
     out = torch.empty(b, h, w, width)
     lib.iris_lru_bidirectional(gates.data_ptr(), x.data_ptr(), log_rate.data_ptr(), y.data_ptr(), b, h, w,
-                               *_grid_strides(y), int(column_major), width, out.data_ptr())
+                               *_grid_strides(y), int(column_major), width, out.data_ptr(), torch.get_num_threads())
     return out
 
 
@@ -188,7 +194,7 @@ def rms_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps:
     b, d = x.shape[0], x.shape[-1]
     out = torch.empty_like(x)
     lib.iris_rms_modulate(x.data_ptr(), b, x.numel() // (b * d), d, shift.data_ptr(), scale.data_ptr(),
-                          shift.stride(0), eps, out.data_ptr())
+                          shift.stride(0), eps, out.data_ptr(), torch.get_num_threads())
     return out
 
 
@@ -200,7 +206,7 @@ def gated_merge(gate: torch.Tensor, fourier: torch.Tensor, recurrent: torch.Tens
     b, h, w, d = gate.shape
     out = torch.empty(b, h, w, d)
     lib.iris_gated_merge(gate.data_ptr(), b, h, w, *_grid_strides(gate), fourier.data_ptr(), recurrent.data_ptr(),
-                         spatial.data_ptr(), alpha.contiguous().data_ptr(), d, out.data_ptr())
+                         spatial.data_ptr(), alpha.contiguous().data_ptr(), d, out.data_ptr(), torch.get_num_threads())
     return out
 
 
