@@ -109,6 +109,17 @@ def test_norm_modulate_and_merge_equal_their_torch_code():
 
 
 @needs_kernels
+@pytest.mark.parametrize("n", [1, 13, 4096, 10_007])
+def test_the_gelu_kernel_equals_torchs_tanh_gelu(n):
+    """Sizes below, at and above one chunk of the kernel's parallel loop, and no multiple of the vector length;
+    large inputs of both signs (the sigmoid's clamps)."""
+    x = 30 * torch.randn(n, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        got = gelu_tanh(x)
+    torch.testing.assert_close(got.double(), F.gelu(x.double(), approximate="tanh"), atol=1e-5, rtol=1e-6)
+
+
+@needs_kernels
 def test_the_mixer_uses_the_merge_kernel_and_equals_torch():
     layer = perturb(CoreLayer(tiny_config(dim=40, heads=2, afno_blocks=4), column_major=True), std=0.1).eval()
     x = torch.randn(2, 5, 7, 40, generator=torch.Generator().manual_seed(3))

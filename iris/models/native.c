@@ -196,3 +196,15 @@ void iris_gated_merge(const float *gate, int64_t B, int64_t h, int64_t w, int64_
                     o[d] = rt[d] + sigmoid_f(g[d]) * (ft[d] - rt[d]) + alpha[d] * st[d];
             }
 }
+
+/* tanh-GELU, out = x sigmoid(x (a + b x^2)), over n elements of contiguous x (the FFN's hidden layer). */
+void iris_gelu_tanh(const float *x, int64_t n, float *out, int threads) {
+    const int64_t chunk = 4096;
+#pragma omp parallel for num_threads(threads) if (threads > 1 && n >= PARALLEL_MIN_HEAVY)
+    for (int64_t start = 0; start < n; start += chunk) {
+        const int64_t end = start + chunk < n ? start + chunk : n;
+        const float *restrict xs = x;
+        float *restrict os = out;
+        for (int64_t i = start; i < end; i++) os[i] = gelu_tanh_f(xs[i]);
+    }
+}

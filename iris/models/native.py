@@ -43,6 +43,7 @@ _SIGNATURES = {
     "iris_lru_bidirectional": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _C, _I, _P, _C],
     "iris_rms_modulate": [_P, _I, _I, _I, _P, _P, _I, _F, _P, _C],
     "iris_gated_merge": [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P, _C],
+    "iris_gelu_tanh": [_P, _I, _P, _C],
 }
 
 
@@ -210,9 +211,17 @@ def gated_merge(gate: torch.Tensor, fourier: torch.Tensor, recurrent: torch.Tens
     return out
 
 
+def gelu_tanh(x: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """tanh-GELU of a contiguous x, as x sigmoid(x (a + b x^2)) (`iris.models.layers.gelu_tanh`)."""
+    lib = lib if lib is not None else kernels()
+    out = torch.empty_like(x)
+    lib.iris_gelu_tanh(x.data_ptr(), x.numel(), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 def _self_check(lib: ctypes.CDLL) -> str | None:
     """The name of the first kernel whose output differs from torch's on a small random case, else None."""
-    from .layers import gelu_tanh
+    from .layers import gelu_tanh as gelu_tanh_torch
 
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=g)
@@ -238,7 +247,7 @@ def _self_check(lib: ctypes.CDLL) -> str | None:
                 state = log_a[:, t].exp() * state + inputs[:, t]
                 states.append(state)
             scanned = torch.stack(states, dim=1)
-            gated = gelu_tanh(seq.double()) * 0.5 * (scanned[:b] + scanned[b:].flip(1))  # tokens in scan order
+            gated = gelu_tanh_torch(seq.double()) * 0.5 * (scanned[:b] + scanned[b:].flip(1))  # tokens in scan order
             want_out = gated.view(b, w, h, width).transpose(1, 2) if column_major else gated.view(b, h, w, width)
             if not _close(lru_bidirectional(gates, want, log_rate, y, column_major, lib).double(), want_out):
                 return "iris_lru_bidirectional"
@@ -251,6 +260,9 @@ def _self_check(lib: ctypes.CDLL) -> str | None:
         f, r, s = parts.unbind(0)
         if not _close(gated_merge(gate, f, r, s, alpha, lib), r + torch.sigmoid(gate) * (f - r) + alpha * s):
             return "iris_gated_merge"
+        hidden = 4 * rand(3, 5000)  # more than one chunk of the kernel
+        if not _close(gelu_tanh(hidden, lib).double(), gelu_tanh_torch(hidden.double())):
+            return "iris_gelu_tanh"
     return None
 
 
