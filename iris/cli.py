@@ -48,7 +48,8 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default=None, help="output PNG (default: <task>-<seed>.png)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the core iteration (pays off over many images at one size)")
+                   help="torch.compile the core iteration (pays off over many images at one size on CUDA, or on a "
+                        "CPU without the native kernels: where they run, it gains nothing)")
 
 
 def _task_pipeline(args: argparse.Namespace):

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--no-warmup", action="store_true", help="skip the background warm-up run after start")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model's core (about 1.2-1.3x faster runs on a CPU, for long sessions): "
+                   help="torch.compile the model's core for long sessions (on CUDA, or on a CPU without the native "
+                        "kernels, where it made runs about 1.2-1.3x faster; where they run, it gains nothing): "
                    "the warm-up compiles it for the default size, about 1.5 minutes the first time and under half "
                    "a minute once Inductor's cache holds it; each new image size or batch compiles on its first run")
     p.add_argument("--max-file-size", type=file_size, default="25mb",

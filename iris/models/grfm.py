@@ -281,7 +281,7 @@ class RecurrentBlock(nn.Module):
     def mix(self, projected: torch.Tensor) -> torch.Tensor:
         """Everything after `in_proj`: its output [B, h, w, 2 W] (row-major grid) -> [B, h, w, D]."""
         b, h, w, _ = projected.shape
-        if native.usable(projected):
+        if native.usable(projected, self.conv.weight, self.conv.bias):
             return self._mix_native(projected)
         if self.column_major:
             projected = projected.transpose(1, 2)

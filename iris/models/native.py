@@ -148,9 +148,10 @@ def usable(*tensors: torch.Tensor) -> bool:
     at inference (no autograd, not traced, compiled or exported), and the library built."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.stride(-1) != 1 for t in tensors):
-        return False
-    return kernels() is not None
+    for t in tensors:  # (a loop, not any(): this runs several times per layer)
+        if not t.is_cpu or t.dtype is not torch.float32 or t.stride(-1) != 1:
+            return False
+    return (_lib if _loaded else kernels()) is not None
 
 
 def _grid_strides(t: torch.Tensor) -> tuple[int, int, int]:
