@@ -40,7 +40,7 @@ PLAIN_FORM_NAMES = {
     "projection": "3 input linears -> one fused linear; merge in 3 ops",
     "attention": "decomposed Manhattan attention on 5-D tensors -> 4-D batches of rows and columns",
     "adaln": "adaLN modulate and gate in 3 ops each -> 1 addcmul each, table pre-broadcast",
-    "native": "torch ops -> fused C kernels (recurrent conv, RG-LRU + output gate, norm + modulate, merge)",
+    "native": "torch ops -> fused C kernels (recurrent conv, RG-LRU + output gate, norm + modulate, merge, GELU)",
 }
 
 
