@@ -1,13 +1,14 @@
 """Fused C kernels (`native.c`) for the generator's CPU inference, built on first use with the system C compiler.
 
-At the demo's sizes the recurrent block's elementwise chain (conv, gates, scan, output gate) and the core's
-RMS norms are each a dozen torch ops on tensors too small for torch to thread, so eager mode pays a dispatch
-and a pass over memory per op. One kernel each does the same maths in one pass.
+At the demo's sizes the recurrent block's chain of ops (conv, gates, scan, output gate), the core's RMS norm with
+its modulation, the GRFM merge and tanh-GELU are each several torch ops on tensors too small for torch to
+thread, so eager mode pays a dispatch and a pass over memory per op. One kernel each does the same maths in one
+pass, on OpenMP threads shared with torch.
 
 `kernels()` gives the loaded library, or None when IRIS_NATIVE=0, there is no C compiler, the build fails, or a
 kernel disagrees with torch on a first check. Callers then run their torch code, so nothing depends on the
-kernels being there. The library is built once per source, compiler and CPU (`-march=native`) and cached
-under `<cache>/native/` (`iris.files.cache_root`). `status()` says which case holds.
+kernels being there. The library is built once per source, flags, compiler and CPU (`-march=native`) and
+cached under `<cache>/native/` (`iris.files.cache_root`). `status()` says which case holds.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
-         "-shared", "-fPIC")
-# tried first: with OpenMP, which shares torch's runtime (the library needs libgomp.so.1, already loaded by torch);
-# without it (a compiler with no OpenMP) the kernels run on one thread
-VARIANTS = (("-fopenmp",), ())
+FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
+# tried in order: this CPU's vector instructions with OpenMP, which shares torch's runtime (the library needs
+# libgomp.so.1, already loaded by torch); without OpenMP (one thread); without -march=native (a compiler that
+# does not know it)
+VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 BUILD_TIMEOUT_S = 120.0
 TOLERANCE = 1e-5  # largest difference from the torch code, relative to the output's scale, the check accepts
 
@@ -91,20 +92,28 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     failures = []
     for extra in VARIANTS:
         path = library_path(cc, extra)
-        for attempt in range(2):  # a cached library that does not load (damaged, truncated) is built again
-            try:
-                if attempt or not path.is_file():
-                    _build(cc, path, extra)
-                lib = _open(path)
-            except (OSError, AttributeError, subprocess.SubprocessError) as err:
-                failures.append(str(err))
-                continue
-            wrong = _self_check(lib)
-            if wrong:
-                return None, f"native kernels off: {wrong} disagrees with torch; torch ops instead"
-            threads = "OpenMP threads" if extra else "one thread"
-            return lib, f"native kernels on, {threads} ({path})"
+        try:
+            lib = _open_or_build(cc, path, extra)
+        except (OSError, AttributeError, subprocess.SubprocessError) as err:
+            failures.append(str(err))
+            continue
+        wrong = _self_check(lib)
+        if wrong:
+            return None, f"native kernels off: {wrong} disagrees with torch; torch ops instead"
+        threads = "OpenMP threads" if "-fopenmp" in extra else "one thread"
+        return lib, f"native kernels on, {threads} ({path})"
     return None, f"native kernels off: {failures[-1]}; torch ops instead"
+
+
+def _open_or_build(cc: str, path: Path, extra: tuple[str, ...]) -> ctypes.CDLL:
+    """The cached library at `path`, built first when it is missing or does not load (damaged, truncated)."""
+    if path.is_file():
+        try:
+            return _open(path)
+        except (OSError, AttributeError):
+            pass
+    _build(cc, path, extra)
+    return _open(path)
 
 
 def library_path(cc: str, extra: tuple[str, ...] = VARIANTS[0]) -> Path:
