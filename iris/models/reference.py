@@ -152,7 +152,7 @@ PLAIN_FORMS: dict[str, list[tuple[object, str, Callable]]] = {
     # generator.py imported modulate and add_gated by name, so both names are swapped
     "adaln": [(generator.CoreLayer, "forward", core_layer_forward), (generator, "modulate", modulate),
               (generator, "add_gated", add_gated)],
-    # the fused C kernels: the recurrent block's conv-gates-scan-gate chain and the core's norm + modulate
+    # the fused C kernels: the recurrent block's conv-gates-scan-gate chain, norm + modulate, the merge, GELU
     "native": [(native, "usable", lambda *tensors: False)],
 }
 
